@@ -1,0 +1,69 @@
+"""Split files: ``<txt_dir>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``.
+
+One image id per line. Drawing is deterministic for a seed: the pool is sorted first, so
+the result depends on the seed and the set of ids alone, not on their order on disk.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from utils.errors import UserError
+
+SPLIT_KINDS = ("labeled", "unlabeled", "valid")
+
+
+def split_dir(txt_dir: str | Path, num_labels: int, seed: int) -> Path:
+    return Path(txt_dir) / str(num_labels) / str(seed)
+
+
+def split_file(txt_dir: str | Path, num_labels: int, seed: int, kind: str) -> Path:
+    return split_dir(txt_dir, num_labels, seed) / f"{kind}_filename.txt"
+
+
+def draw_split(pool: Iterable[str], num_labels: int, seed: int) -> tuple[list[str], list[str]]:
+    """Draw ``num_labels`` labeled ids from ``pool``; the rest are unlabeled. Both sorted."""
+    ids = sorted(set(pool))
+    if not 0 < num_labels <= len(ids):
+        raise UserError(
+            f"num_labels={num_labels} must be between 1 and the pool size {len(ids)}"
+        )
+    labeled = set(random.Random(seed).sample(ids, num_labels))
+    return sorted(labeled), [i for i in ids if i not in labeled]
+
+
+def write_split(
+    txt_dir: str | Path,
+    num_labels: int,
+    seed: int,
+    labeled: list[str],
+    unlabeled: list[str],
+    valid: list[str],
+) -> Path:
+    """Write the three files of one split and return its folder."""
+    out = split_dir(txt_dir, num_labels, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, ids in zip(SPLIT_KINDS, (labeled, unlabeled, valid)):
+        path = out / f"{kind}_filename.txt"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{i}\n" for i in ids))
+        tmp.replace(path)
+    return out
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Read one id list; a missing or empty file is a ``UserError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"split file not found: {path}")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise UserError(f"split file is empty: {path}")
+    return ids
+
+
+def read_split(txt_dir: str | Path, num_labels: int, seed: int) -> dict[str, list[str]]:
+    """Read ``labeled``, ``unlabeled`` and ``valid`` id lists of one split."""
+    return {k: read_ids(split_file(txt_dir, num_labels, seed, k)) for k in SPLIT_KINDS}
