@@ -27,9 +27,7 @@ def draw_split(pool: Iterable[str], num_labels: int, seed: int) -> tuple[list[st
     """Draw ``num_labels`` labeled ids from ``pool``; the rest are unlabeled. Both sorted."""
     ids = sorted(set(pool))
     if not 0 < num_labels <= len(ids):
-        raise UserError(
-            f"num_labels={num_labels} must be between 1 and the pool size {len(ids)}"
-        )
+        raise UserError(f"num_labels={num_labels} must be between 1 and the pool size {len(ids)}")
     labeled = set(random.Random(seed).sample(ids, num_labels))
     return sorted(labeled), [i for i in ids if i not in labeled]
 

@@ -1,0 +1,174 @@
+"""The strict config loader: every kind of bad value stops with one line and exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.config import SCHEMA, Key, apply_overrides, load_config, validate
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["voc", "cityscapes", "demo"]
+
+
+def raw(name: str = "voc") -> dict:
+    return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    for section, spec in SCHEMA.items():
+        assert section in cfg
+        if not isinstance(spec, Key):
+            assert set(cfg[section]) == set(spec)
+
+
+def test_paper_values_in_voc_and_cityscapes():
+    voc, city = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("voc", "cityscapes"))
+    for cfg in (voc, city):
+        assert cfg["Seed"] == 3407
+        assert cfg["EMA"]["alpha"] == 0.99 and cfg["Loss"]["alpha"] == 0.99
+        assert cfg["Optim"]["lr"] == pytest.approx(6.4e-3)
+        assert cfg["Loss"]["un_threshold"] == 0.97 and cfg["Loss"]["weak_threshold"] == 0.7
+        assert cfg["Loss"]["temp"] == 0.5
+        assert (cfg["Loss"]["num_queries"], cfg["Loss"]["num_negatives"]) == (256, 512)
+        assert cfg["Training"]["total_iter"] == 80000
+    assert voc["Dataset"]["crop_size"] == [512, 512] and voc["Dataset"]["batch_size"] == 8
+    assert city["Dataset"]["crop_size"] == [769, 769] and city["Dataset"]["batch_size"] == 4
+    assert voc["Loss"]["sup_loss"] == "ce" and city["Loss"]["sup_loss"] == "ohem"
+    assert voc["Network"]["num_class"] == 21 and city["Network"]["num_class"] == 19
+
+
+def _bad(cfg, match):
+    with pytest.raises(UserError, match=match) as info:
+        validate(cfg, "x.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key():
+    cfg = raw()
+    cfg["Loss"]["tmep"] = 0.5
+    _bad(cfg, r"unknown key Loss\.tmep")
+    cfg = raw()
+    cfg["Extra"] = {}
+    _bad(cfg, r"unknown key 'Extra'")
+
+
+def test_missing_key():
+    cfg = raw()
+    del cfg["Dataset"]["crop_size"]
+    _bad(cfg, r"missing key Dataset\.crop_size")
+    cfg = raw()
+    del cfg["Seed"]
+    _bad(cfg, r"missing key Seed")
+
+
+@pytest.mark.parametrize(
+    "section,key,value,match",
+    [
+        ("Optim", "lr", -0.1, r"Optim\.lr: got -0\.1, expected > 0"),
+        ("Optim", "lr", "fast", r"Optim\.lr: got 'fast', expected a number"),
+        ("Loss", "un_threshold", 1.5, r"Loss\.un_threshold: got 1\.5, expected in \[0, 1\]"),
+        ("Loss", "weak_threshold", -0.1, r"Loss\.weak_threshold"),
+        ("Dataset", "crop_size", [0, 512], r"Dataset\.crop_size: got \[0, 512\]"),
+        ("Dataset", "crop_size", [512], r"Dataset\.crop_size: .* two"),
+        ("Dataset", "num_labels", 10583, r"Dataset\.num_labels: got 10583, expected <= 10582"),
+        ("Dataset", "batch_size", 2.5, r"Dataset\.batch_size: got 2\.5, expected an integer"),
+        ("Dataset", "mix_mode", "mixup", r"Dataset\.mix_mode: got 'mixup'"),
+        ("Network", "backbone", "vgg16", r"Network\.backbone: got 'vgg16'"),
+        ("Network", "output_stride", 32, r"Network\.output_stride"),
+        ("Training", "amp", "yes", r"Training\.amp: got 'yes', expected true or false"),
+        ("Dataset", "scale_size", [1.5, 0.5], r"Dataset\.scale_size"),
+    ],
+)
+def test_bad_values(section, key, value, match):
+    cfg = raw()
+    cfg[section][key] = value
+    _bad(cfg, match)
+
+
+def test_yaml_1_1_exponent_string_is_a_float():
+    cfg = raw()
+    cfg["Optim"]["weight_decay"] = "5e-4"  # what yaml.safe_load makes of `5e-4`
+    assert validate(cfg)["Optim"]["weight_decay"] == pytest.approx(5e-4)
+
+
+def test_random_init_must_be_explicit():
+    cfg = raw()
+    cfg["Network"]["pretrained"] = ""
+    _bad(cfg, r"Network\.pretrained.*random_init")
+    cfg["Network"]["random_init"] = True
+    assert validate(cfg)["Network"]["pretrained"] == ""
+
+
+def test_overrides_are_typed_by_the_value_they_replace():
+    cfg = apply_overrides(
+        raw(),
+        [
+            "Dataset.num_labels=183",
+            "Seed=1",
+            "Optim.lr=1e-2",
+            "Dataset.crop_size=[321,321]",
+            "Training.amp=false",
+            "Network.pretrained=001.pth",
+        ],
+    )
+    cfg = validate(cfg)
+    assert cfg["Dataset"]["num_labels"] == 183 and cfg["Seed"] == 1
+    assert cfg["Optim"]["lr"] == pytest.approx(0.01) and isinstance(cfg["Optim"]["lr"], float)
+    assert cfg["Dataset"]["crop_size"] == [321, 321]
+    assert cfg["Training"]["amp"] is False
+    assert cfg["Network"]["pretrained"] == "001.pth"
+
+
+@pytest.mark.parametrize(
+    "item,match",
+    [
+        ("Dataset.nope=1", "unknown key 'Dataset.nope'"),
+        ("Nope.x=1", "unknown section 'Nope'"),
+        ("Dataset", "expected Section.key=value"),
+        ("Dataset=3", "unknown key 'Dataset'"),
+    ],
+)
+def test_bad_overrides(item, match):
+    with pytest.raises(UserError, match=match):
+        apply_overrides(raw(), [item])
+
+
+def test_override_validated_like_yaml():
+    with pytest.raises(UserError, match=r"Loss\.temp: got 0\.0"):
+        load_config(ROOT / "configs" / "voc.yaml", ["Loss.temp=0"])
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "utils.config", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_cli_prints_merged_config():
+    res = run_cli("configs/voc.yaml", "Dataset.num_labels=183")
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["Dataset"]["num_labels"] == 183
+
+
+@pytest.mark.parametrize(
+    "args", [("configs/voc.yaml", "Loss.temp=-1"), ("nope.yaml",), ("configs/voc.yaml", "X.y=1")]
+)
+def test_cli_bad_input_exits_2_with_one_line(args):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
+    assert "Traceback" not in res.stderr
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Seed: [1,\n")
+    with pytest.raises(UserError, match="bad.yaml"):
+        load_config(bad)

@@ -1,0 +1,324 @@
+"""One strictly validated YAML config per dataset, with ``Section.key=value`` overrides.
+
+Every key of the schema below must be present, no other key may be, and every value is
+checked for type and range. A problem stops with one line naming the key, the value and
+what was expected (``UserError``; the entry points print it and exit with status 2).
+
+    python -m utils.config configs/voc.yaml Dataset.num_labels=183 Seed=1
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import UserError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
+DATASETS = ("voc", "cityscapes", "fashionscenes")
+# Size of the pool that labeled images are drawn from (VOC: the 10,582 train_aug ids).
+POOL_SIZE = {"voc": 10582, "cityscapes": 2975, "fashionscenes": 2000}
+MIX_MODES = ("cutmix", "cutout", "classmix", "none")
+EVAL_MODES = ("whole", "sliding", "crop")
+SUP_LOSSES = ("ce", "ohem")
+
+
+@dataclass(frozen=True)
+class Key:
+    """Schema entry: the expected kind of value and a range check."""
+
+    kind: str  # "int", "float", "bool", "str", "int2", "float2"
+    check: Callable[[Any], bool] = lambda v: True
+    expect: str = ""
+    doc: str = ""
+
+
+def _unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _pos(v: float) -> bool:
+    return v > 0
+
+
+def _nonneg(v: float) -> bool:
+    return v >= 0
+
+
+def _choice(options: Sequence[str]) -> Callable[[Any], bool]:
+    return lambda v: v in options
+
+
+SCHEMA: dict[str, Any] = {
+    "Seed": Key("int", _nonneg, ">= 0", "global seed (data order, augmentation, init)"),
+    "Network": {
+        "backbone": Key(
+            "str",
+            _choice(BACKBONES),
+            f"one of {', '.join(BACKBONES)}",
+            "ResNet variant; resnet101_deepstem = the v1c deep-stem layout",
+        ),
+        "num_class": Key("int", lambda v: v >= 2, ">= 2", "number of classes C"),
+        "output_stride": Key("int", _choice((8, 16)), "8 or 16", "backbone output stride"),
+        "rep_dim": Key("int", _pos, "> 0", "representation dimension D"),
+        "pretrained": Key("str", doc="local path of ImageNet backbone weights; empty = none"),
+        "random_init": Key("bool", doc="allow training without pretrained weights"),
+        "sync_bn": Key("bool", doc="SyncBatchNorm when distributed on GPUs"),
+    },
+    "EMA": {
+        "alpha": Key("float", _unit, "in [0, 1]", "teacher EMA decay cap alpha_t"),
+    },
+    "Optim": {
+        "lr": Key("float", _pos, "> 0", "base learning rate"),
+        "momentum": Key("float", lambda v: 0 <= v < 1, "in [0, 1)", "SGD momentum"),
+        "weight_decay": Key("float", _nonneg, ">= 0", "SGD weight decay"),
+        "nesterov": Key("bool", doc="Nesterov momentum"),
+        "power": Key("float", _pos, "> 0", "poly schedule power"),
+        "min_lr": Key("float", _nonneg, ">= 0", "floor of the poly schedule"),
+    },
+    "Dataset": {
+        "name": Key("str", _choice(DATASETS), f"one of {', '.join(DATASETS)}", "dataset layout"),
+        "data_dir": Key("str", lambda v: v != "", "a path", "dataset root"),
+        "txt_dir": Key("str", lambda v: v != "", "a path", "split folder root"),
+        "num_labels": Key("int", _pos, "> 0", "labeled images (selects the split folder)"),
+        "batch_size": Key("int", _pos, "> 0", "labeled = unlabeled images per process"),
+        "crop_size": Key("int2", lambda v: min(v) > 0, "two positive ints", "training crop [H, W]"),
+        "scale_size": Key(
+            "float2", lambda v: 0 < v[0] <= v[1], "0 < min <= max", "random rescale range"
+        ),
+        "mix_mode": Key(
+            "str",
+            _choice(MIX_MODES),
+            f"one of {', '.join(MIX_MODES)}",
+            "mixing of the unlabeled batch",
+        ),
+        "num_workers": Key("int", _nonneg, ">= 0", "data loader workers per process"),
+    },
+    "Loss": {
+        "sup_loss": Key("str", _choice(SUP_LOSSES), "ce or ohem", "supervised loss"),
+        "ohem_thresh": Key("float", _unit, "in [0, 1]", "OHEM probability threshold"),
+        "ohem_min_kept": Key("int", _nonneg, ">= 0", "OHEM min kept pixels per image"),
+        "un_threshold": Key("float", _unit, "in [0, 1]", "confidence counted in the unsup weight"),
+        "weak_threshold": Key(
+            "float", _unit, "in [0, 1]", "pseudo-labeled pixel valid for the contrastive loss"
+        ),
+        "strong_threshold": Key("float", _unit, "in [0, 1]", "hard-anchor bound"),
+        "temp": Key("float", _pos, "> 0", "contrastive temperature and rep-space tau"),
+        "num_queries": Key("int", _pos, "> 0", "anchors per class"),
+        "num_negatives": Key("int", _pos, "> 0", "negatives per anchor"),
+        "alpha": Key("float", _unit, "in [0, 1]", "prototype EMA alpha_p"),
+        "warm_up": Key("int", _nonneg, ">= 0", "cross_label epochs on logit-space labels"),
+        "weight_counts_ignored": Key("bool", doc="paper's unsup weight numerator (may exceed 1)"),
+    },
+    "Ramp_Scheduler": {
+        "begin_epoch": Key("int", _nonneg, ">= 0", "contrastive weight is 0 before it"),
+        "max_epoch": Key("int", _pos, "> 0", "weight is min_value from it on"),
+        "max_value": Key("float", _nonneg, ">= 0", "weight at begin_epoch"),
+        "min_value": Key("float", _nonneg, ">= 0", "floor of the weight"),
+        "ramp_mult": Key("float", doc="exponent multiplier (-5)"),
+    },
+    "Training": {
+        "total_iter": Key("int", _pos, "> 0", "training iterations"),
+        "eval_interval": Key("int", _pos, "> 0", "evaluate the teacher every N iterations"),
+        "eval_mode": Key("str", _choice(EVAL_MODES), "whole, sliding or crop", "val protocol"),
+        "eval_crop_size": Key(
+            "int2",
+            lambda v: min(v) > 0,
+            "two positive ints",
+            "window of the sliding / crop protocols",
+        ),
+        "log_interval": Key("int", _pos, "> 0", "iterations between log lines"),
+        "amp": Key("bool", doc="mixed precision on GPU (bf16 where supported, else fp16)"),
+        "compile": Key("bool", doc="torch.compile the student"),
+        "channels_last": Key("bool", doc="channels_last memory format on GPU"),
+        "joint_forward": Key("bool", doc="labeled + unlabeled through one student forward"),
+        "teacher_on_labeled": Key("bool", doc="paper quirk: teacher also runs on labeled batch"),
+    },
+}
+
+
+def _fail(key: str, value: Any, expect: str) -> UserError:
+    return UserError(f"config key {key}: got {value!r}, expected {expect}")
+
+
+def _coerce(key: str, spec: Key, value: Any) -> Any:
+    """Check the type of one value (ints are accepted for floats; '5e-4' strings too)."""
+    kind = spec.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _fail(key, value, "true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(key, value, "an integer")
+        return value
+    if kind == "float":
+        return _to_float(key, value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _fail(key, value, "a string")
+        return value
+    if kind in ("int2", "float2"):
+        if not isinstance(value, list) or len(value) != 2:
+            raise _fail(key, value, "a list of two numbers")
+        if kind == "int2":
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                raise _fail(key, value, "a list of two integers")
+            return list(value)
+        return [_to_float(key, v) for v in value]
+    raise AssertionError(kind)
+
+
+def _to_float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise _fail(key, value, "a number")
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+        try:
+            out = float(value)
+        except ValueError:
+            raise _fail(key, value, "a number") from None
+    else:
+        raise _fail(key, value, "a number")
+    if not math.isfinite(out):
+        raise _fail(key, value, "a finite number")
+    return out
+
+
+def validate(cfg: Any, source: str = "config") -> dict:
+    """Return a validated deep copy of ``cfg`` or raise ``UserError``."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: expected a YAML mapping of sections, got {type(cfg).__name__}")
+    out: dict = {}
+    for name in cfg:
+        if name not in SCHEMA:
+            raise UserError(f"{source}: unknown key {name!r}; expected one of {', '.join(SCHEMA)}")
+    for name, spec in SCHEMA.items():
+        if name not in cfg:
+            raise UserError(f"{source}: missing key {name}")
+        value = cfg[name]
+        if isinstance(spec, Key):
+            out[name] = _check(name, spec, value)
+            continue
+        if not isinstance(value, dict):
+            raise _fail(name, value, "a section (mapping)")
+        for key in value:
+            if key not in spec:
+                raise UserError(
+                    f"{source}: unknown key {name}.{key}; expected one of {', '.join(spec)}"
+                )
+        section = {}
+        for key, kspec in spec.items():
+            if key not in value:
+                raise UserError(f"{source}: missing key {name}.{key}")
+            section[key] = _check(f"{name}.{key}", kspec, value[key])
+        out[name] = section
+    _check_relations(out)
+    return out
+
+
+def _check(key: str, spec: Key, value: Any) -> Any:
+    value = _coerce(key, spec, value)
+    if not spec.check(value):
+        raise _fail(key, value, spec.expect)
+    return value
+
+
+def _check_relations(cfg: dict) -> None:
+    net, data, ramp = cfg["Network"], cfg["Dataset"], cfg["Ramp_Scheduler"]
+    if not net["pretrained"] and not net["random_init"]:
+        raise UserError(
+            "config key Network.pretrained: got '', expected a local weights file "
+            "(or set Network.random_init=true to train from scratch)"
+        )
+    pool = POOL_SIZE[data["name"]]
+    if data["num_labels"] > pool:
+        raise _fail(
+            "Dataset.num_labels", data["num_labels"], f"<= {pool} (the {data['name']} pool)"
+        )
+    if ramp["max_epoch"] <= ramp["begin_epoch"]:
+        raise _fail("Ramp_Scheduler.max_epoch", ramp["max_epoch"], "> Ramp_Scheduler.begin_epoch")
+    if ramp["min_value"] > ramp["max_value"]:
+        raise _fail("Ramp_Scheduler.min_value", ramp["min_value"], "<= Ramp_Scheduler.max_value")
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}:{where} is not valid YAML") from None
+
+
+def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``Section.key=value`` (or ``Seed=1``) pairs, typed by the value they replace."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected Section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.split(".")
+        node = cfg
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise UserError(f"override {item!r}: unknown section {part!r}")
+            node = node[part]
+        leaf = parts[-1]
+        if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
+            raise UserError(f"override {item!r}: unknown key {dotted!r}")
+        node[leaf] = _parse_override(dotted, raw, node[leaf])
+    return cfg
+
+
+def _parse_override(key: str, raw: str, old: Any) -> Any:
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        raise _fail(key, raw, "a YAML scalar or list") from None
+    if isinstance(old, str):
+        return raw  # strings stay strings ("001" stays "001")
+    if isinstance(old, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        return _to_float(key, value)
+    return value
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """Load, override and validate a config file."""
+    raw = load_yaml(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
+    return validate(raw, str(path))
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m utils.config CONFIG [Section.key=value ...]")
+        return 0 if argv else 2
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(dump_config(cfg), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
