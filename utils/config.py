@@ -134,6 +134,7 @@ SCHEMA: dict[str, Any] = {
             "two positive ints",
             "window of the sliding / crop protocols",
         ),
+        "save_interval": Key("int", _pos, "> 0", "iterations between latest.pth writes"),
         "log_interval": Key("int", _pos, "> 0", "iterations between log lines"),
         "amp": Key("bool", doc="mixed precision on GPU (bf16 where supported, else fp16)"),
         "compile": Key("bool", doc="torch.compile the student"),
