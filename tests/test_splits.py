@@ -1,0 +1,245 @@
+"""The split tool and the shipped split folders."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.make_splits import DEFAULT_ID_LISTS, IdPools, check_split, draw, pools_from_data_root
+
+REPO = Path(__file__).resolve().parents[1]
+VOC_SIZES = {92: 1464, 183: 1464, 366: 1464, 732: 1464, 1464: 1464}  # classic: drawn from train
+VOC_SIZES.update({662: 10582, 1323: 10582, 2646: 10582, 5291: 10582})  # blended: from train_aug
+CITY_SIZES = (186, 372, 744, 1488)
+needs_id_lists = pytest.mark.skipif(
+    not (DEFAULT_ID_LISTS / "voc_trainaug.txt").is_file(),
+    reason=f"official id lists not found at {DEFAULT_ID_LISTS}",
+)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.make_splits", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def tiny_pools() -> IdPools:
+    train = [f"t{i:03d}" for i in range(30)]
+    extra = [f"x{i:03d}" for i in range(70)]
+    return IdPools(fine=train, train=sorted(train + extra), val=["v1", "v2"])
+
+
+def write_tiny_id_lists(folder: Path) -> IdPools:
+    pools = tiny_pools()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "voc_train.txt").write_text(
+        "\n".join(pools.fine[::-1]) + "\n"
+    )  # order must not matter
+    (folder / "voc_trainaug.txt").write_text("\n".join(pools.train) + "\n")
+    (folder / "voc_val.txt").write_text("\n".join(pools.val) + "\n")
+    city = [f"aachen/aachen_{i:06d}_000019" for i in range(10)]
+    (folder / "cityscapes_train.txt").write_text("\n".join(city) + "\n")
+    (folder / "cityscapes_val.txt").write_text("frankfurt/frankfurt_000000_000294\n")
+    return pools
+
+
+# --- drawing ---------------------------------------------------------------------------
+
+
+def test_draw_is_deterministic_disjoint_and_exact():
+    pools = tiny_pools()
+    labeled, unlabeled = draw(pools, 10, 3407, "classic")
+    assert (labeled, unlabeled) == draw(pools, 10, 3407, "classic")
+    assert len(labeled) == 10 and len(unlabeled) == 90 and not set(labeled) & set(unlabeled)
+    assert set(labeled) | set(unlabeled) == set(pools.train)
+    assert set(labeled) <= set(pools.fine)  # classic: from the finely annotated ids
+    assert draw(pools, 10, 1, "classic")[0] != labeled
+    shuffled = IdPools(pools.fine[::-1], pools.train[::-1], pools.val)
+    assert draw(shuffled, 10, 3407, "classic")[0] == labeled
+    blended = [draw(pools, 50, seed, "blended")[0] for seed in range(3)]
+    assert all(len(b) == 50 and set(b) <= set(pools.train) for b in blended)
+    assert any(set(b) - set(pools.fine) for b in blended)  # blended reaches past train
+
+
+def test_check_split_rejects_bad_partitions():
+    pool = ["a", "b", "c", "d"]
+    check_split(["a"], ["b", "c", "d"], pool, 1)
+    for labeled, unlabeled, n in [
+        (["a"], ["b", "c"], 1),  # misses d
+        (["a"], ["a", "b", "c", "d"], 1),  # overlap
+        (["a", "b"], ["c", "d"], 1),  # wrong size
+        (["a", "a"], ["b", "c", "d"], 2),  # duplicate
+    ]:
+        with pytest.raises(RuntimeError):
+            check_split(labeled, unlabeled, pool, n)
+
+
+# --- the shipped splits ----------------------------------------------------------------
+
+
+def test_shipped_split_sizes():
+    for n in VOC_SIZES:
+        folder = REPO / "VOC_split" / str(n) / "3407"
+        labeled, unlabeled = (
+            lines(folder / "labeled_filename.txt"),
+            lines(folder / "unlabeled_filename.txt"),
+        )
+        assert len(set(labeled)) == len(labeled) == n
+        assert len(set(unlabeled)) == len(unlabeled) == 10582 - n
+        assert not set(labeled) & set(unlabeled)
+        assert len(lines(folder / "valid_filename.txt")) == 1449
+    for n in CITY_SIZES:
+        folder = REPO / "CityScapes_split" / str(n) / "3407"
+        labeled, unlabeled = (
+            lines(folder / "labeled_filename.txt"),
+            lines(folder / "unlabeled_filename.txt"),
+        )
+        assert len(set(labeled)) == len(labeled) == n
+        assert len(set(unlabeled)) == len(unlabeled) == 2975 - n
+        assert not set(labeled) & set(unlabeled)
+        assert len(lines(folder / "valid_filename.txt")) == 500
+
+
+@needs_id_lists
+def test_shipped_splits_partition_the_official_pools():
+    voc_train = set(lines(DEFAULT_ID_LISTS / "voc_train.txt"))
+    voc_aug = set(lines(DEFAULT_ID_LISTS / "voc_trainaug.txt"))
+    voc_val = lines(DEFAULT_ID_LISTS / "voc_val.txt")
+    for n, source in VOC_SIZES.items():
+        folder = REPO / "VOC_split" / str(n) / "3407"
+        labeled = set(lines(folder / "labeled_filename.txt"))
+        assert labeled | set(lines(folder / "unlabeled_filename.txt")) == voc_aug
+        assert labeled <= (voc_train if source == 1464 else voc_aug)
+        assert sorted(lines(folder / "valid_filename.txt")) == sorted(voc_val)
+    assert not any(
+        set(lines(REPO / "VOC_split" / str(n) / "3407" / "labeled_filename.txt")) <= voc_train
+        for n in (2646, 5291)
+    )
+    city_train = set(lines(DEFAULT_ID_LISTS / "cityscapes_train.txt"))
+    for n in CITY_SIZES:
+        folder = REPO / "CityScapes_split" / str(n) / "3407"
+        union = set(lines(folder / "labeled_filename.txt")) | set(
+            lines(folder / "unlabeled_filename.txt")
+        )
+        assert union == city_train
+
+
+@needs_id_lists
+def test_regenerating_the_shipped_splits_is_byte_identical(tmp_path):
+    for dataset, shipped in (("voc", "VOC_split"), ("cityscapes", "CityScapes_split")):
+        out = tmp_path / shipped
+        result = run_tool("--dataset", dataset, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        files = sorted(p.relative_to(REPO / shipped) for p in (REPO / shipped).rglob("*.txt"))
+        assert files == sorted(p.relative_to(out) for p in out.rglob("*.txt"))
+        assert len(files) == 3 * (9 if dataset == "voc" else 4)
+        for rel in files:
+            assert (out / rel).read_bytes() == (REPO / shipped / rel).read_bytes(), rel
+
+
+# --- importing, data roots, errors -----------------------------------------------------
+
+
+def test_import_labeled_txt(tmp_path):
+    pools = write_tiny_id_lists(tmp_path / "lists")
+    labeled_txt = tmp_path / "labeled.txt"
+    labeled_txt.write_text(
+        "JPEGImages/x005.jpg SegmentationClass/x005.png\n"
+        "JPEGImages/t001.jpg SegmentationClass/t001.png\n\n"
+        "t007\n"
+    )
+    out = tmp_path / "out"
+    args = ["--dataset", "voc", "--id-lists", str(tmp_path / "lists"), "--out", str(out)]
+    result = run_tool(*args, "--import-labeled", str(labeled_txt), "--name", "unimatch")
+    assert result.returncode == 0, result.stderr
+    folder = out / "3" / "unimatch"
+    assert lines(folder / "labeled_filename.txt") == ["t001", "t007", "x005"]
+    unlabeled = lines(folder / "unlabeled_filename.txt")
+    assert unlabeled == [i for i in pools.train if i not in {"t001", "t007", "x005"}]
+    assert lines(folder / "valid_filename.txt") == pools.val
+
+    city_txt = tmp_path / "city_labeled.txt"
+    city_txt.write_text(
+        "leftImg8bit/train/aachen/aachen_000003_000019_leftImg8bit.png "
+        "gtFine/train/aachen/aachen_000003_000019_gtFine_labelTrainIds.png\n"
+    )
+    args = ["--dataset", "cityscapes", "--id-lists", str(tmp_path / "lists"), "--out", str(out)]
+    result = run_tool(*args, "--import-labeled", str(city_txt), "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert lines(out / "1" / "5" / "labeled_filename.txt") == ["aachen/aachen_000003_000019"]
+    assert len(lines(out / "1" / "5" / "unlabeled_filename.txt")) == 9
+
+
+def test_data_root_pools(tmp_path):
+    voc = tmp_path / "VOC"
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("b\na\n")
+    (sets / "val.txt").write_text("v\n")
+    (voc / "SegmentationClassAug").mkdir()
+    for name in ["a", "b", "c", "d", "v"]:
+        (voc / "SegmentationClassAug" / f"{name}.png").touch()
+    pools = pools_from_data_root("voc", voc)
+    assert pools == IdPools(fine=["a", "b"], train=["a", "b", "c", "d"], val=["v"])
+
+    city = tmp_path / "cityscapes"
+    for split, name in [("train", "aachen/aachen_000001_000019"), ("train", "bochum/bochum_000000_000313"),
+                        ("val", "lindau/lindau_000000_000019")]:  # fmt: skip
+        path = city / "leftImg8bit" / split / f"{name}_leftImg8bit.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    pools = pools_from_data_root("cityscapes", city)
+    assert pools.train == ["aachen/aachen_000001_000019", "bochum/bochum_000000_000313"]
+    assert pools.fine == pools.train and pools.val == ["lindau/lindau_000000_000019"]
+
+    out = tmp_path / "out"
+    result = run_tool(
+        "--dataset", "cityscapes", "--data-root", str(city), "--num-labels", "1", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    folder = out / "1" / "3407"
+    both = lines(folder / "labeled_filename.txt") + lines(folder / "unlabeled_filename.txt")
+    assert sorted(both) == pools.train
+
+
+@pytest.mark.parametrize(
+    "case, extra, needle",
+    [
+        ("missing import file", ["--import-labeled", "{tmp}/nope.txt"], "nope.txt"),
+        ("id not in pool", ["--import-labeled", "{tmp}/unknown.txt"], "zzz"),
+        ("duplicate id", ["--import-labeled", "{tmp}/dup.txt"], "t001"),
+        ("missing id lists", ["--id-lists", "{tmp}/missing"], "voc_train.txt"),
+        ("too many labels", ["--num-labels", "31", "--scheme", "classic"], "31"),
+        ("non-standard count", ["--num-labels", "5"], "--scheme"),
+        (
+            "overwrite another split",
+            ["--import-labeled", "{tmp}/other.txt"],
+            "labeled_filename.txt",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, case, extra, needle):
+    write_tiny_id_lists(tmp_path / "lists")
+    (tmp_path / "unknown.txt").write_text("JPEGImages/zzz.jpg SegmentationClass/zzz.png\n")
+    (tmp_path / "dup.txt").write_text("t001\nJPEGImages/t001.jpg SegmentationClass/t001.png\n")
+    (tmp_path / "other.txt").write_text("t002\n")
+    existing = tmp_path / "out" / "1" / "3407"
+    existing.mkdir(parents=True)
+    (existing / "labeled_filename.txt").write_text("t001\n")
+    args = ["--dataset", "voc", "--out", str(tmp_path / "out")]
+    if "--id-lists" not in extra:
+        args += ["--id-lists", str(tmp_path / "lists")]
+    result = run_tool(*args, *(a.format(tmp=tmp_path) for a in extra))
+    assert result.returncode == 2, (case, result.stderr)
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith("error:"), message
+    assert needle in message, message

@@ -1,0 +1,289 @@
+"""Draw (or import) semi-supervised splits: ``<out>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``.
+
+The id pools come from the official id lists (``--id-lists``, default
+``../shared/data/id_lists`` next to the repository) or from a downloaded dataset
+(``--data-root``). Pools are sorted before drawing, so a split depends on the seed alone.
+
+- VOC classic (92, 183, 366, 732, 1464): labeled drawn from the 1,464 train ids.
+- VOC blended (662, 1323, 2646, 5291): labeled drawn from the 10,582 train_aug ids.
+  In both, unlabeled = the train_aug ids that are not labeled; valid = the val ids.
+- Cityscapes (186, 372, 744, 1488): labeled drawn from the 2,975 train ids, unlabeled the
+  rest; valid = the 500 val ids.
+
+``--import-labeled FILE`` takes the labeled ids from a ``labeled.txt`` of another repository
+(``JPEGImages/<id>.jpg SegmentationClass/<id>.png`` or
+``leftImg8bit/train/<city>/<name>_leftImg8bit.png gtFine/...`` lines, or bare ids).
+
+Usage: ``python -m tools.make_splits --dataset voc`` (regenerates the shipped VOC_split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dataset.splits import draw_split, read_ids, split_dir, write_split  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ID_LISTS = REPO.parent / "shared" / "data" / "id_lists"
+DEFAULT_OUT = {"voc": REPO / "VOC_split", "cityscapes": REPO / "CityScapes_split"}
+DEFAULT_SEED = 3407
+
+VOC_CLASSIC = (92, 183, 366, 732, 1464)
+VOC_BLENDED = (662, 1323, 2646, 5291)
+CITYSCAPES_SPLITS = (186, 372, 744, 1488)
+STANDARD = {"voc": VOC_CLASSIC + VOC_BLENDED, "cityscapes": CITYSCAPES_SPLITS}
+
+
+@dataclass(frozen=True)
+class IdPools:
+    """Sorted id pools of one dataset.
+
+    ``fine``: where classic labeled ids are drawn from (VOC train; Cityscapes train);
+    ``train``: every training id, labeled + unlabeled (VOC train_aug; Cityscapes train);
+    ``val``: the validation ids.
+    """
+
+    fine: list[str]
+    train: list[str]
+    val: list[str]
+
+
+# --- pools -----------------------------------------------------------------------------
+
+
+def _make_pools(fine: list[str], train: list[str], val: list[str], source: Path) -> IdPools:
+    pools = IdPools(sorted(set(fine)), sorted(set(train)), sorted(set(val)))
+    outside = sorted(set(pools.fine) - set(pools.train))
+    if outside:
+        raise UserError(
+            f"{source}: {len(outside)} fine ids (e.g. {outside[0]}) are not training ids"
+        )
+    both = sorted(set(pools.train) & set(pools.val))
+    if both:
+        raise UserError(f"{source}: id {both[0]} is both a training and a validation id")
+    return pools
+
+
+def pools_from_id_lists(dataset: str, id_lists: Path) -> IdPools:
+    """Pools from the official lists ``voc_train/voc_trainaug/voc_val.txt`` or
+    ``cityscapes_train/cityscapes_val.txt``."""
+    if dataset == "voc":
+        fine, train = read_ids(id_lists / "voc_train.txt"), read_ids(id_lists / "voc_trainaug.txt")
+        val = read_ids(id_lists / "voc_val.txt")
+    else:
+        fine = train = read_ids(id_lists / "cityscapes_train.txt")
+        val = read_ids(id_lists / "cityscapes_val.txt")
+    return _make_pools(fine, train, val, id_lists)
+
+
+def _cityscapes_ids(root: Path, split: str) -> list[str]:
+    folder = root / "leftImg8bit" / split
+    suffix = "_leftImg8bit.png"
+    ids = [f"{p.parent.name}/{p.name[: -len(suffix)]}" for p in folder.glob(f"*/*{suffix}")]
+    if not ids:
+        raise UserError(f"no */*{suffix} images under {folder}")
+    return ids
+
+
+def pools_from_data_root(dataset: str, root: Path) -> IdPools:
+    """Pools from a downloaded dataset folder.
+
+    VOC: ``ImageSets/Segmentation/train.txt`` and ``val.txt``; train_aug = the ids of
+    ``SegmentationClassAug/*.png`` minus val. Cityscapes: ``leftImg8bit/{train,val}`` images.
+    """
+    if not root.is_dir():
+        raise UserError(f"--data-root {root} is not a folder")
+    if dataset == "cityscapes":
+        train = _cityscapes_ids(root, "train")
+        return _make_pools(train, train, _cityscapes_ids(root, "val"), root)
+    sets = root / "ImageSets" / "Segmentation"
+    fine, val = read_ids(sets / "train.txt"), read_ids(sets / "val.txt")
+    aug = root / "SegmentationClassAug"
+    labels = [p.stem for p in aug.glob("*.png")]
+    if not labels:
+        raise UserError(f"no *.png labels in {aug} (needed for the train_aug ids)")
+    val_set = set(val)
+    return _make_pools(fine, [i for i in labels if i not in val_set], val, root)
+
+
+# --- drawing and importing -------------------------------------------------------------
+
+
+def check_split(labeled: list[str], unlabeled: list[str], pool: list[str], num_labels: int) -> None:
+    """labeled and unlabeled partition ``pool`` exactly, with ``num_labels`` labeled."""
+    lab, unl = set(labeled), set(unlabeled)
+    ok = (
+        len(lab) == len(labeled) == num_labels
+        and len(unl) == len(unlabeled)
+        and not lab & unl
+        and lab | unl == set(pool)
+    )
+    if not ok:
+        raise RuntimeError(f"split of {num_labels} labeled ids does not partition the pool")
+
+
+def scheme_of(dataset: str, num_labels: int, scheme: str) -> str:
+    """``classic`` or ``blended`` (VOC); ``auto`` picks by the standard split sizes."""
+    if dataset == "cityscapes" or scheme != "auto":
+        return "classic" if dataset == "cityscapes" else scheme
+    if num_labels in VOC_CLASSIC:
+        return "classic"
+    if num_labels in VOC_BLENDED:
+        return "blended"
+    raise UserError(
+        f"--num-labels {num_labels} is not a standard VOC split: give --scheme classic or blended"
+    )
+
+
+def draw(pools: IdPools, num_labels: int, seed: int, scheme: str) -> tuple[list[str], list[str]]:
+    """Labeled ids drawn from ``fine`` (classic) or ``train`` (blended); unlabeled = the
+    other training ids."""
+    source = pools.fine if scheme == "classic" else pools.train
+    labeled, _ = draw_split(source, num_labels, seed)
+    chosen = set(labeled)
+    unlabeled = [i for i in pools.train if i not in chosen]
+    check_split(labeled, unlabeled, pools.train, num_labels)
+    return labeled, unlabeled
+
+
+def id_from_entry(entry: str, dataset: str) -> str:
+    """The id named by the first path of a ``labeled.txt`` line (or a bare id)."""
+    path = Path(entry)
+    if not path.suffix:
+        return entry
+    if dataset == "voc":
+        return path.stem
+    suffix = "_leftImg8bit"
+    name = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
+    return f"{path.parent.name}/{name}"
+
+
+def read_labeled_file(path: Path, dataset: str, pool: list[str]) -> list[str]:
+    """Ids of a ``labeled.txt``; each must be a training id, none twice."""
+    if not path.is_file():
+        raise UserError(f"--import-labeled file not found: {path}")
+    pool_set, seen = set(pool), set()
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = id_from_entry(line.split()[0], dataset)
+        if image_id not in pool_set:
+            raise UserError(f"{path}:{line_no}: id {image_id} is not in the {dataset} training ids")
+        if image_id in seen:
+            raise UserError(f"{path}:{line_no}: id {image_id} is listed twice")
+        seen.add(image_id)
+    if not seen:
+        raise UserError(f"--import-labeled file is empty: {path}")
+    return sorted(seen)
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(description="Draw or import labeled / unlabeled / valid split files.")
+    parser.add_argument("--dataset", required=True, choices=("voc", "cityscapes"))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--id-lists",
+        type=Path,
+        default=None,
+        help=f"official id lists (default {DEFAULT_ID_LISTS})",
+    )
+    source.add_argument("--data-root", type=Path, default=None, help="a downloaded dataset folder")
+    parser.add_argument(
+        "--num-labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="labeled counts (default: the standard ones)",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("auto", "classic", "blended"),
+        default="auto",
+        help="VOC: draw labeled ids from train (classic) or train_aug (blended); auto by count",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default VOC_split / CityScapes_split in the repository)",
+    )
+    parser.add_argument(
+        "--import-labeled",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="take the labeled ids from a labeled.txt",
+    )
+    parser.add_argument(
+        "--name", default=None, help="with --import-labeled: folder name instead of the seed"
+    )
+    args = parser.parse_args(argv)
+    if args.name is not None and args.import_labeled is None:
+        parser.error("--name only goes with --import-labeled")
+    if args.import_labeled is not None and args.num_labels is not None:
+        parser.error("--num-labels does not go with --import-labeled (the file gives the count)")
+    if args.name is not None and (
+        not args.name or Path(args.name).name != args.name or args.name in (".", "..")
+    ):
+        parser.error(f"--name {args.name!r} must be a plain folder name")
+    return args
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Write the requested splits; return their folders."""
+    if args.data_root is not None:
+        pools = pools_from_data_root(args.dataset, args.data_root)
+    else:
+        pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS)
+    out = args.out or DEFAULT_OUT[args.dataset]
+    if args.import_labeled is not None:
+        labeled = read_labeled_file(args.import_labeled, args.dataset, pools.train)
+        chosen = set(labeled)
+        unlabeled = [i for i in pools.train if i not in chosen]
+        check_split(labeled, unlabeled, pools.train, len(labeled))
+        folder_name = args.name if args.name is not None else args.seed
+        existing = split_dir(out, len(labeled), folder_name) / "labeled_filename.txt"
+        if existing.is_file() and existing.read_text() != "".join(f"{i}\n" for i in labeled):
+            raise UserError(f"{existing} already holds another split: choose --name or --seed")
+        return [write_split(out, len(labeled), folder_name, labeled, unlabeled, pools.val)]
+    folders = []
+    for num_labels in args.num_labels or STANDARD[args.dataset]:
+        scheme = scheme_of(args.dataset, num_labels, args.scheme)
+        labeled, unlabeled = draw(pools, num_labels, args.seed, scheme)
+        folders.append(write_split(out, num_labels, args.seed, labeled, unlabeled, pools.val))
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        folders = run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
