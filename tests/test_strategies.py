@@ -1,0 +1,127 @@
+"""Pseudo-label strategies on hand-made teacher outputs."""
+
+import math
+
+import pytest
+import torch
+
+from utils.strategies import (
+    STRATEGIES,
+    TeacherPredictions,
+    cross_label,
+    make_pseudo_labels,
+    mix_label,
+    needs_rep,
+    ori_pseudo,
+    teacher_predictions,
+)
+
+
+def softmax2(a: float, b: float) -> tuple[float, float]:
+    ea, eb = math.exp(a), math.exp(b)
+    return ea / (ea + eb), eb / (ea + eb)
+
+
+def test_ori_pseudo_is_argmax_and_max_softmax():
+    # 1 image, C=3, 1x2 pixels, no resizing
+    logits = torch.tensor([[[[2.0, 0.0]], [[1.0, 0.0]], [[0.0, 3.0]]]])
+    t = teacher_predictions(logits, None, None, tau=0.5, size=(1, 2), need_rep=False)
+    e = [math.exp(v) for v in (2.0, 1.0, 0.0)]
+    conf0 = e[0] / sum(e)
+    e = [math.exp(v) for v in (0.0, 0.0, 3.0)]
+    conf1 = e[2] / sum(e)
+    pl = ori_pseudo(t)
+    assert pl.y_u.tolist() == [[[0, 2]]]
+    torch.testing.assert_close(pl.conf_u, torch.tensor([[[conf0, conf1]]]))
+    assert torch.equal(pl.y_con, pl.y_u) and torch.equal(pl.conf_con, pl.conf_u)
+    assert pl.use_rep_indicator is False
+    assert t.y_rep is None and pl.agreement is None
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def test_logits_upsampled_bilinear_align_corners_before_softmax():
+    # 2x2 -> 4x4 with align_corners=True samples at 0, 1/3, 2/3, 1 along each axis;
+    # class-0 logit 4 at the top-left corner only, class 1 logit 0 everywhere.
+    c0 = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    logits = torch.stack([c0, torch.zeros(2, 2)]).unsqueeze(0)
+    t = teacher_predictions(logits, None, None, tau=0.5, size=(4, 4), need_rep=False)
+    assert t.conf_cls.shape == (1, 4, 4)
+    assert t.conf_cls[0, 0, 0].item() == pytest.approx(sigmoid(4.0), rel=1e-6)
+    assert t.conf_cls[0, 0, 1].item() == pytest.approx(sigmoid(4.0 * 2 / 3), rel=1e-6)
+    assert t.conf_cls[0, 1, 1].item() == pytest.approx(sigmoid(4.0 * 4 / 9), rel=1e-6)
+    assert t.conf_cls[0, 1, 2].item() == pytest.approx(sigmoid(4.0 * 2 / 9), rel=1e-6)
+    assert t.y_cls[0, 1, 2].item() == 0
+
+
+def test_rep_space_similarity_upsampled_before_softmax():
+    # prototypes along e0, e1; rep pixels (1,0) and (1,1) -> cos maps (1, 0) and (r, r),
+    # r = 1/sqrt2. Upsampled 2 -> 4 (align_corners=True) the similarity difference between
+    # the classes is 1, 2/3, 1/3, 0 -> conf_rep = sigmoid(diff / tau). Averaging the end
+    # softmaxes instead would give other values in the middle.
+    tau = 0.1
+    proto = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    rep = torch.tensor([[[[1.0, 1.0]], [[0.0, 1.0]]]])
+    logits = torch.zeros(1, 2, 1, 2)
+    t = teacher_predictions(logits, rep, proto, tau=tau, size=(1, 4), need_rep=True)
+    expected = [sigmoid(d / tau) for d in (1.0, 2 / 3, 1 / 3)] + [0.5]
+    torch.testing.assert_close(t.conf_rep, torch.tensor([[expected]]), rtol=1e-5, atol=1e-6)
+    assert t.y_rep[0, 0, :3].tolist() == [0, 0, 0]
+    assert t.conf_cls.shape == t.conf_rep.shape == (1, 1, 4)
+
+
+def hand_teacher() -> TeacherPredictions:
+    y_cls = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
+    y_rep = torch.tensor([[[0, 2, 2], [1, 1, 1]]])
+    conf_cls = torch.tensor([[[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]]])
+    conf_rep = torch.tensor([[[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]])
+    return TeacherPredictions(y_cls, conf_cls, y_rep, conf_rep)
+
+
+def test_mix_label_ignores_exactly_disagreeing_pixels():
+    t = hand_teacher()
+    pl = mix_label(t)
+    expected = torch.tensor([[[0, -1, 2], [-1, 1, -1]]])
+    assert torch.equal(pl.y_u, expected)
+    assert torch.equal(pl.y_con, expected)
+    assert torch.equal(pl.conf_u, t.conf_cls) and torch.equal(pl.conf_con, t.conf_cls)
+    assert pl.use_rep_indicator is True
+    assert pl.agreement.item() == pytest.approx(0.5)
+
+
+def test_cross_label_switches_source_at_warm_up():
+    t = hand_teacher()
+    before = cross_label(t, epoch=4, warm_up=5)
+    at = cross_label(t, epoch=5, warm_up=5)
+    after = cross_label(t, epoch=9, warm_up=5)
+    assert torch.equal(before.y_u, t.y_cls) and torch.equal(before.conf_u, t.conf_cls)
+    for pl in (at, after):
+        assert torch.equal(pl.y_u, t.y_rep) and torch.equal(pl.conf_u, t.conf_rep)
+    for pl in (before, at, after):
+        assert torch.equal(pl.y_con, t.y_cls) and torch.equal(pl.conf_con, t.conf_cls)
+        assert pl.use_rep_indicator is True
+    no_warm = cross_label(t, epoch=0, warm_up=0)
+    assert torch.equal(no_warm.y_u, t.y_rep)
+
+
+def test_registry_and_dispatch():
+    assert set(STRATEGIES) == {"supervised", "ori_pseudo", "mix_label", "cross_label"}
+    assert needs_rep("mix_label") and needs_rep("cross_label")
+    assert not needs_rep("ori_pseudo") and not needs_rep("supervised")
+    with pytest.raises(ValueError):
+        needs_rep("nope")
+    t = hand_teacher()
+    assert torch.equal(make_pseudo_labels("cross_label", t, 3, 2).y_u, t.y_rep)
+    assert torch.equal(make_pseudo_labels("mix_label", t).y_u, mix_label(t).y_u)
+    with pytest.raises(ValueError):
+        make_pseudo_labels("supervised", t)
+
+
+def test_rep_strategies_require_rep_predictions():
+    t = TeacherPredictions(torch.zeros(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 2))
+    with pytest.raises(ValueError):
+        mix_label(t)
+    with pytest.raises(ValueError):
+        cross_label(t, 0, 0)

@@ -1,0 +1,149 @@
+"""Prototype contrastive loss (ReCo-style, CSS variant), fully vectorised over classes and queries.
+
+For every class present among the valid pixels of the local batch, ``num_queries`` hard
+anchors (valid pixels of the class whose indicator probability is below
+``strong_threshold``) are contrasted against the class prototype (positive) and
+``num_negatives`` valid pixels of other present classes (negatives), the class of each
+negative drawn from the softmax of prototype cosine similarities.
+
+Random draws happen in this order, all from ``generator`` when given: anchors
+(``torch.rand [P,Q]``), negative classes (one ``torch.multinomial`` over a ``[P,P]`` matrix,
+``Q*N`` draws per row), negative pixels (``torch.rand [P,Q,N]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from utils.prototypes import COS_EPS
+
+
+def class_sorted_pixels(
+    y_flat: torch.Tensor, mask_flat: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Order pixels by class, keeping raster order within a class.
+
+    Returns ``(order, counts, offsets)``: ``order [M]`` flat pixel indices with the masked
+    pixels first, grouped by ascending class (unmasked pixels after them); ``counts [C]``
+    masked pixels per class; ``offsets [C]`` where each class's group starts in ``order``.
+    """
+    key = torch.where(mask_flat, y_flat, torch.full_like(y_flat, num_classes))
+    order = torch.sort(key, stable=True).indices
+    counts = torch.bincount(key, minlength=num_classes + 1)[:num_classes]
+    offsets = torch.cumsum(counts, 0) - counts
+    return order, counts, offsets
+
+
+def sample_pixels(
+    counts: torch.Tensor,
+    offsets: torch.Tensor,
+    class_idx: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniform position in ``[offsets[c], offsets[c] + counts[c])`` for each ``c`` of ``class_idx``.
+
+    One ``torch.rand`` of ``class_idx``'s shape: position = offset + floor(u * count). A class
+    with count 0 gets its offset (the caller must mask those entries out).
+    """
+    cnt = counts[class_idx]
+    u = torch.rand(class_idx.shape, generator=generator, device=class_idx.device)
+    local = torch.floor(u * cnt).long()
+    local = torch.minimum(local, (cnt - 1).clamp_min(0))  # guard against u * cnt rounding up
+    return offsets[class_idx] + local
+
+
+def negative_class_probs(proto_present: torch.Tensor, temp: float) -> torch.Tensor:
+    """``[P,P]``: row c = softmax over k != c of ``cos(proto_c, proto_k) / temp``; diagonal 0."""
+    proto_n = F.normalize(proto_present.float(), dim=1, eps=COS_EPS)
+    sim = proto_n @ proto_n.t() / temp
+    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    return torch.softmax(sim.masked_fill(eye, float("-inf")), dim=1)
+
+
+def sample_negative_classes(
+    proto_present: torch.Tensor,
+    temp: float,
+    num_queries: int,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Class (index into the present classes) of every negative: ``[P, num_queries, num_negatives]``.
+
+    Row p is drawn from :func:`negative_class_probs` row p, so it never equals p.
+    """
+    probs = negative_class_probs(proto_present, temp)
+    draws = torch.multinomial(
+        probs, num_queries * num_negatives, replacement=True, generator=generator
+    )
+    return draws.view(-1, num_queries, num_negatives)
+
+
+def contrastive_ce(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temp: float
+) -> torch.Tensor:
+    """Per-class mean over queries of CE(target 0) on ``cos(anchor, [positive, negatives]) / temp``.
+
+    ``anchor [P,Q,D]``, ``positive [P,D]``, ``negative [P,Q,N,D]`` -> ``[P]``.
+    """
+    anchor_n = F.normalize(anchor, dim=-1, eps=COS_EPS)
+    pos_n = F.normalize(positive, dim=-1, eps=COS_EPS)
+    neg_n = F.normalize(negative, dim=-1, eps=COS_EPS)
+    l_pos = torch.einsum("pqd,pd->pq", anchor_n, pos_n).unsqueeze(-1)
+    l_neg = torch.einsum("pqd,pqnd->pqn", anchor_n, neg_n)
+    logits = torch.cat([l_pos, l_neg], dim=-1) / temp
+    ce = torch.logsumexp(logits, dim=-1) - logits[..., 0]
+    return ce.mean(dim=1)
+
+
+def prototype_contrastive_loss(
+    rep: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    prob: torch.Tensor,
+    proto: torch.Tensor,
+    strong_threshold: float,
+    temp: float,
+    num_queries: int,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Prototype contrastive loss on ``rep [N,D,h,w]`` (labeled + unlabeled, with grad).
+
+    ``y [N,h,w]`` int64 class per pixel, ``valid [N,h,w]`` bool, ``prob [N,C,h,w]`` the
+    indicator probability (no grad), ``proto [C,D]`` the prototypes after this step's update.
+    Loss = (sum over present classes with at least one hard anchor of their mean CE) /
+    (number of present classes); ``rep.sum() * 0`` when fewer than two classes are present.
+    Only anchors carry gradient. Memory: the gathered negatives are ``[P,Q,N,D]`` float32.
+    """
+    num_classes, dim = proto.shape
+    rep_flat = rep.permute(0, 2, 3, 1).reshape(-1, dim).float()
+    y_flat = y.reshape(-1)
+    valid_flat = valid.reshape(-1)
+    order, counts, offsets = class_sorted_pixels(y_flat, valid_flat, num_classes)
+    present = torch.nonzero(counts > 0).squeeze(1)  # the one host sync
+    num_present = present.numel()
+    if num_present < 2:
+        return rep.sum() * 0
+
+    prob_flat = prob.detach().permute(0, 2, 3, 1).reshape(-1, num_classes)
+    p_own = prob_flat.gather(1, y_flat.clamp_min(0).unsqueeze(1)).squeeze(1)
+    hard_flat = valid_flat & (p_own < strong_threshold)
+    hard_order, hard_counts, hard_offsets = class_sorted_pixels(y_flat, hard_flat, num_classes)
+
+    last = rep_flat.shape[0] - 1
+    anchor_cls = torch.arange(num_present, device=rep.device).unsqueeze(1).expand(-1, num_queries)
+    anchor_pos = sample_pixels(hard_counts[present], hard_offsets[present], anchor_cls, generator)
+    anchor = rep_flat[hard_order[anchor_pos.clamp_max(last)]]  # [P,Q,D], with grad
+
+    proto_present = proto[present].detach().float()
+    with torch.no_grad():
+        neg_cls = sample_negative_classes(
+            proto_present, temp, num_queries, num_negatives, generator
+        )
+        neg_pos = sample_pixels(counts[present], offsets[present], neg_cls, generator)
+        negative = rep_flat.detach()[order[neg_pos]]  # [P,Q,N,D]
+
+    ce = contrastive_ce(anchor, proto_present, negative, temp)
+    has_anchor = hard_counts[present] > 0
+    return torch.where(has_anchor, ce, torch.zeros_like(ce)).sum() / num_present
