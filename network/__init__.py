@@ -1,0 +1,26 @@
+"""Networks only: ResNet backbones and DeepLabv3+ with a classifier and a representation head."""
+
+from __future__ import annotations
+
+from network.deeplabv3plus import DeepLabV3Plus
+from network.resnet import BACKBONES, build_backbone, load_backbone_weights
+
+__all__ = ["BACKBONES", "DeepLabV3Plus", "build_backbone", "build_model", "load_backbone_weights"]
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    output_stride: int = 8,
+    rep_dim: int = 256,
+    pretrained: str | None = None,
+) -> DeepLabV3Plus:
+    """Build DeepLabv3+ on ``backbone``; load its ImageNet weights from ``pretrained`` if given.
+
+    ``pretrained=None`` (or ``""``) leaves the backbone randomly initialised; whether that is
+    allowed is the caller's decision. Bad names, strides or weight files raise ``UserError``.
+    """
+    net = build_backbone(backbone, output_stride)
+    if pretrained:
+        load_backbone_weights(net, pretrained)
+    return DeepLabV3Plus(net, num_classes, output_stride=output_stride, rep_dim=rep_dim)

@@ -1,0 +1,95 @@
+"""DeepLabv3+ with two heads: class logits ``pred`` and representations ``rep``, both at 1/4 res."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from network.resnet import check_output_stride
+
+ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+ASPP_CHANNELS = 256
+LOW_CHANNELS = 48
+
+
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1
+) -> nn.Sequential:
+    """Bias-free conv ("same" padding) followed by BatchNorm and ReLU."""
+    padding = dilation * (kernel_size - 1) // 2
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+    )
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ASPPPooling(nn.Module):
+    """Image-level branch: global average pool -> 1x1 conv -> BN -> ReLU -> broadcast back."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = conv_bn_relu(in_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Bilinear upsampling of a 1x1 map is a constant broadcast.
+        return self.conv(self.pool(x)).expand(-1, -1, *x.shape[-2:])
+
+
+class ASPP(nn.Module):
+    """1x1 conv, three atrous 3x3 convs and image pooling, concatenated and projected to 256."""
+
+    def __init__(self, in_channels: int, rates: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, ASPP_CHANNELS)]
+            + [conv_bn_relu(in_channels, ASPP_CHANNELS, 3, rate) for rate in rates]
+            + [ASPPPooling(in_channels, ASPP_CHANNELS)]
+        )
+        self.project = conv_bn_relu(len(self.branches) * ASPP_CHANNELS, ASPP_CHANNELS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+def head(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv -> BN -> ReLU -> 1x1 conv (with bias) to ``out_channels``."""
+    return nn.Sequential(
+        *conv_bn_relu(in_channels, ASPP_CHANNELS, 3), nn.Conv2d(ASPP_CHANNELS, out_channels, 1)
+    )
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabv3+ whose decoder feeds a classifier head and a representation head.
+
+    ``backbone`` must provide ``forward_features(x) -> (c1, c4)`` and the attributes
+    ``low_channels`` / ``high_channels`` (see ``network.resnet.ResNetBackbone``).
+    ``forward(x)`` returns ``(pred, rep)``: ``[B, num_classes, h, w]`` and ``[B, rep_dim, h, w]``
+    at the layer1 resolution (1/4 of the input); nothing is upsampled to the input size here.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, output_stride: int = 8, rep_dim: int = 256
+    ) -> None:
+        super().__init__()
+        check_output_stride(output_stride)
+        backbone_stride = getattr(backbone, "output_stride", output_stride)
+        if backbone_stride != output_stride:
+            raise ValueError(f"backbone has output stride {backbone_stride}, not {output_stride}")
+        self.backbone = backbone
+        self.aspp = ASPP(backbone.high_channels, ASPP_RATES[output_stride])
+        self.project = conv_bn_relu(backbone.low_channels, LOW_CHANNELS)
+        decoder_channels = LOW_CHANNELS + ASPP_CHANNELS
+        self.classifier = head(decoder_channels, num_classes)
+        self.representation = head(decoder_channels, rep_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(pred, rep)`` at 1/4 of the input resolution."""
+        c1, c4 = self.backbone.forward_features(x)
+        low = self.project(c1)
+        high = F.interpolate(
+            self.aspp(c4), size=low.shape[-2:], mode="bilinear", align_corners=True
+        )
+        feat = torch.cat([low, high], dim=1)
+        return self.classifier(feat), self.representation(feat)

@@ -1,0 +1,210 @@
+"""ResNet backbones for DeepLabv3+: torchvision ResNets with dilation, plus the deep-stem ResNet-101.
+
+The backbone keeps torchvision's parameter names (conv1, bn1, layer1..layer4) so ImageNet
+state dicts load directly; avgpool and fc are dropped. Dilation follows one rule for every
+block type (torchvision's for Bottleneck, the paper code's ``_nostride_dilate``): in a stage
+whose stride is replaced by dilation ``d``, the 3x3 conv that had stride 2 gets dilation
+``d // 2`` and every other 3x3 conv gets ``d``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
+
+from utils.errors import UserError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
+OUTPUT_STRIDES = (8, 16)
+
+_TORCHVISION = {
+    "resnet18": tvm.resnet18,
+    "resnet34": tvm.resnet34,
+    "resnet50": tvm.resnet50,
+    "resnet101": tvm.resnet101,
+    "resnet101_deepstem": tvm.resnet101,
+}
+# Dilation of (layer2, layer3, layer4) for each output stride.
+_DILATIONS = {8: (1, 2, 4), 16: (1, 1, 2)}
+# mmcv / mmseg ResNetV1c stem -> our deep stem.
+_V1C_STEM = {
+    "stem.0.": "conv1.0.",
+    "stem.1.": "conv1.1.",
+    "stem.3.": "conv1.3.",
+    "stem.4.": "conv1.4.",
+    "stem.6.": "conv1.6.",
+    "stem.7.": "bn1.",
+}
+_WRAPPER_KEYS = ("state_dict", "model")
+_KEY_PREFIXES = ("module.", "backbone.")
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet trunk without avgpool / fc; ``forward_features(x)`` returns (layer1, layer4) outputs.
+
+    Attributes: ``arch`` (name), ``output_stride``, ``low_channels`` (layer1 channels),
+    ``high_channels`` (layer4 channels).
+    """
+
+    def __init__(self, net: tvm.ResNet, arch: str, output_stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        expansion = 4 if isinstance(net.layer1[0], Bottleneck) else 1
+        self.arch = arch
+        self.output_stride = output_stride
+        self.low_channels = 64 * expansion
+        self.high_channels = 512 * expansion
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(c1, c4)``: layer1 features (1/4 res) and layer4 features (1/OS res)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c1 = self.layer1(x)
+        c4 = self.layer4(self.layer3(self.layer2(c1)))
+        return c1, c4
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`forward_features`."""
+        return self.forward_features(x)
+
+
+def check_output_stride(output_stride: int) -> None:
+    """Raise ``UserError`` unless ``output_stride`` is 8 or 16."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise UserError(f"output_stride: got {output_stride!r}, expected one of 8, 16")
+
+
+def build_backbone(name: str, output_stride: int = 8) -> ResNetBackbone:
+    """Build a randomly initialised ResNet backbone with the given output stride (8 or 16)."""
+    if name not in BACKBONES:
+        raise UserError(f"backbone: got {name!r}, expected one of {', '.join(BACKBONES)}")
+    check_output_stride(output_stride)
+    dilated = [d > 1 for d in _DILATIONS[output_stride]]
+    if name in ("resnet18", "resnet34"):
+        net = _TORCHVISION[name](weights=None)
+        for stage, dilation in zip((net.layer2, net.layer3, net.layer4), _DILATIONS[output_stride]):
+            if dilation > 1:
+                _dilate_basic_stage(stage, dilation)
+    else:
+        net = _TORCHVISION[name](weights=None, replace_stride_with_dilation=dilated)
+    if name == "resnet101_deepstem":
+        _make_deep_stem(net)
+    return ResNetBackbone(net, name, output_stride)
+
+
+def _dilate_basic_stage(stage: nn.Sequential, dilation: int) -> None:
+    """Replace the stride 2 of a BasicBlock stage by dilation, in place."""
+    for block in stage:
+        assert isinstance(block, BasicBlock)
+        for conv in (block.conv1, block.conv2):
+            rate = dilation // 2 if conv.stride == (2, 2) else dilation
+            conv.stride, conv.dilation, conv.padding = (1, 1), (rate, rate), (rate, rate)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+        block.stride = 1
+
+
+def _make_deep_stem(net: tvm.ResNet) -> None:
+    """Swap the 7x7 stem of a Bottleneck ResNet for the v1c deep stem (3->64->64->128), in place."""
+    net.conv1 = nn.Sequential(
+        conv3x3(3, 64, stride=2),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        conv3x3(64, 64),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        conv3x3(64, 128),
+    )
+    net.bn1 = nn.BatchNorm2d(128)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    first = net.layer1[0]
+    first.conv1 = conv1x1(128, first.conv1.out_channels)
+    first.downsample[0] = conv1x1(128, first.downsample[0].out_channels)
+    for module in (net.conv1, first.conv1, first.downsample[0]):
+        for conv in module.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> None:
+    """Load ImageNet weights into ``backbone`` (torchvision, v1c deep-stem or our own layout).
+
+    Wrappers ``{"state_dict": ...}`` / ``{"model": ...}`` and key prefixes ``module.`` /
+    ``backbone.`` are removed; keys the backbone lacks (``fc.*``) are ignored. A missing or
+    unreadable file, a missing backbone key or a shape mismatch raises ``UserError``.
+    """
+    state = _backbone_layout(_read_state_dict(path))
+    expected = backbone.state_dict()
+    problems = _mismatches(state, expected)
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        arch = getattr(backbone, "arch", type(backbone).__name__)
+        raise UserError(
+            f"{path}: weights do not fit backbone {arch}: {'; '.join(problems[:3])}{more}"
+        )
+    backbone.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    """Read a checkpoint file and return its (unwrapped) dict of tensors."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: backbone weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unpickling / zip / format failure
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})"
+        ) from None
+    while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _WRAPPER_KEYS):
+        obj = next(obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict))
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(
+            f"{path}: expected a state dict (dict of tensors), got {type(obj).__name__}"
+        )
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise UserError(
+                f"{path}: expected a state dict (dict of tensors), entry {key!r} is a "
+                f"{type(value).__name__}"
+            )
+    return obj
+
+
+def _backbone_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip wrapper prefixes and rename v1c ``stem.*`` keys to our ``conv1.*`` / ``bn1.*``."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(_KEY_PREFIXES):
+            key = key.split(".", 1)[1]
+        for old, new in _V1C_STEM.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+def _mismatches(state: dict[str, Tensor], expected: dict[str, Tensor]) -> list[str]:
+    """Describe every expected key that is missing or has another shape, in model order.
+
+    ``num_batches_tracked`` may be absent (old torchvision checkpoints lack it).
+    """
+    problems = []
+    for key, ref in expected.items():
+        if key not in state:
+            if not key.endswith("num_batches_tracked"):
+                problems.append(f"missing key {key}")
+        elif state[key].shape != ref.shape:
+            problems.append(
+                f"{key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
+            )
+    return problems
