@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
