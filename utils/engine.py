@@ -229,6 +229,7 @@ def build_run(cfg: dict, strategy: str, device: torch.device, rank: int, world: 
         momentum=opt["momentum"],
         weight_decay=opt["weight_decay"],
         nesterov=opt["nesterov"],
+        foreach=True,
     )
     amp_dtype = amp_dtype_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -624,6 +625,8 @@ def main(strategy: str, argv: list[str] | None = None) -> int:
     try:
         cfg, work_dir, state = prepare(strategy, args)
         device, rank, world = init_distributed()
+        # Denormal floats make CPU kernels many times slower early in training.
+        torch.set_flush_denormal(True)
         setup_logging(None)
         run = build_run(cfg, strategy, device, rank, world)
         if state is not None:
