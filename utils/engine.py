@@ -307,8 +307,38 @@ def downsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[:, None].float(), size=size, mode="nearest")[:, 0].to(x.dtype)
 
 
-def train_step(run: Run, batch_l: dict, batch_u: dict | None) -> dict[str, torch.Tensor]:
-    """One optimiser step; returns the loss terms and diagnostics as 0-dim tensors."""
+def no_timer(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def augment_unlabeled(run: Run, img_u01: torch.Tensor, pl) -> tuple[torch.Tensor, dict]:
+    """Strong augmentation of the unlabeled batch and its per-pixel maps (each distinct map
+    once: most strategies use the same tensors for both branches)."""
+    named = {"y_u": pl.y_u, "conf_u": pl.conf_u, "y_con": pl.y_con, "conf_con": pl.conf_con}
+    unique: list[torch.Tensor] = []
+    for t in named.values():
+        if not any(t is u for u in unique):
+            unique.append(t)
+    fills = [-1 if t.dtype == torch.int64 else 0.0 for t in unique]
+    data = run.cfg["Dataset"]
+    img, out = strong_augment(
+        img_u01,
+        unique,
+        fills,
+        crop_size=tuple(data["crop_size"]),
+        scale_size=tuple(data["scale_size"]),
+        mix_mode=data["mix_mode"],
+        class_map=0,  # ClassMix chooses classes from y_u
+    )
+    index = {id(t): k for k, t in enumerate(unique)}
+    return img, {name: out[index[id(t)]] for name, t in named.items()}
+
+
+def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) -> dict:
+    """One optimiser step; returns the loss terms and diagnostics as 0-dim tensors.
+
+    ``phase(name)`` is a context manager around each stage (the benchmark times them).
+    """
     cfg, dev, loss_cfg = run.cfg, run.device, run.cfg["Loss"]
     epoch = run.iteration // run.iters_per_epoch
     img_l = normalize(batch_l["img"].to(dev, non_blocking=True))
@@ -316,73 +346,85 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None) -> dict[str, torch
     size = tuple(img_l.shape[-2:])
     autocast = torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
     stats: dict[str, torch.Tensor] = {}
-    img_u_s = pl = None
+    img_u_s = pl = maps = None
     if batch_u is not None:
-        img_u01 = batch_u["img"].to(dev, non_blocking=True).float().div_(255)
-        with torch.no_grad(), autocast:
-            if cfg["Training"]["teacher_on_labeled"]:
-                run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
-            logits_t, rep_t = run.teacher(normalize(img_u01))
-        t = teacher_predictions(
-            logits_t, rep_t, run.prototypes.proto, loss_cfg["temp"], size, needs_rep(run.strategy)
-        )
-        pl = make_pseudo_labels(run.strategy, t, epoch, loss_cfg["warm_up"])
-        maps = [pl.y_u, pl.conf_u, pl.y_con, pl.conf_con]
-        img_aug, (y_u, conf_u, y_con, conf_con) = strong_augment(
-            img_u01,
-            maps,
-            [-1, 0.0, -1, 0.0],
-            crop_size=tuple(cfg["Dataset"]["crop_size"]),
-            scale_size=tuple(cfg["Dataset"]["scale_size"]),
-            mix_mode=cfg["Dataset"]["mix_mode"],
-            class_map=0,
-        )
-        img_u_s = normalize(img_aug)
+        with phase("teacher"), torch.no_grad():
+            img_u01 = batch_u["img"].to(dev, non_blocking=True).float().div_(255)
+            with autocast:
+                if cfg["Training"]["teacher_on_labeled"]:
+                    run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
+                logits_t, rep_t = run.teacher(normalize(img_u01))
+            t = teacher_predictions(
+                logits_t,
+                rep_t,
+                run.prototypes.proto,
+                loss_cfg["temp"],
+                size,
+                needs_rep(run.strategy),
+            )
+            pl = make_pseudo_labels(run.strategy, t, epoch, loss_cfg["warm_up"])
+        with phase("augment"), torch.no_grad():
+            img_aug, maps = augment_unlabeled(run, img_u01, pl)
+            img_u_s = normalize(img_aug)
         if pl.agreement is not None:
             stats["agreement"] = pl.agreement
-    with autocast:
+    with phase("student_forward"), autocast:
         (pred_l, rep_l), out_u = run.forward(img_l, img_u_s)
-    pred_l_large = F.interpolate(pred_l.float(), size=size, mode="bilinear", align_corners=True)
-    if loss_cfg["sup_loss"] == "ohem":
-        min_kept = loss_cfg["ohem_min_kept"] * img_l.shape[0]
-        sup = ohem_ce(pred_l_large, y_l, loss_cfg["ohem_thresh"], min_kept)
-    else:
-        sup = sup_ce(pred_l_large, y_l)
+    with phase("sup_loss"):
+        pred_l_large = F.interpolate(pred_l.float(), size=size, mode="bilinear", align_corners=True)
+        if loss_cfg["sup_loss"] == "ohem":
+            min_kept = loss_cfg["ohem_min_kept"] * img_l.shape[0]
+            sup = ohem_ce(pred_l_large, y_l, loss_cfg["ohem_thresh"], min_kept)
+        else:
+            sup = sup_ce(pred_l_large, y_l)
     stats["sup"] = sup.detach()
     total = sup
     if out_u is not None:
         pred_u, rep_u = out_u
-        pred_u_large = F.interpolate(
-            pred_u.float(), size=tuple(img_u_s.shape[-2:]), mode="bilinear", align_corners=True
-        )
-        unsup = unsup_ce(
-            pred_u_large, y_u, conf_u, loss_cfg["un_threshold"], loss_cfg["weight_counts_ignored"]
-        )
-        contrast = contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, y_con, conf_con, pl)
+        with phase("unsup_loss"):
+            pred_u_large = F.interpolate(
+                pred_u.float(), size=tuple(img_u_s.shape[-2:]), mode="bilinear", align_corners=True
+            )
+            unsup = unsup_ce(
+                pred_u_large,
+                maps["y_u"],
+                maps["conf_u"],
+                loss_cfg["un_threshold"],
+                loss_cfg["weight_counts_ignored"],
+            )
+        contrast = contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, pl, phase)
         lam = contrastive_weight(run, epoch)
         total = total + unsup + lam * contrast
         with torch.no_grad():
             stats["unsup"] = unsup.detach()
             stats["contrast"] = contrast.detach()
-            stats["mask_ratio"] = ((conf_u >= loss_cfg["un_threshold"]) & (y_u >= 0)).float().mean()
+            confident = (maps["conf_u"] >= loss_cfg["un_threshold"]) & (maps["y_u"] >= 0)
+            stats["mask_ratio"] = confident.float().mean()
             stats["lambda"] = torch.tensor(lam)
     stats["total"] = total.detach()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(total).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    ema_update(run.teacher, run.student, run.iteration, cfg["EMA"]["alpha"])
+    with phase("backward"):
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(total).backward()
+    with phase("optimizer_ema"):
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        ema_update(run.teacher, run.student, run.iteration, cfg["EMA"]["alpha"])
     return stats
 
 
-def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, y_con, conf_con, pl) -> torch.Tensor:
-    """Prototype update from this step's valid pixels, then the contrastive loss (SPEC 4.5)."""
+def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, pl, phase=no_timer):
+    """Prototype update from this step's valid pixels, then the contrastive loss (SPEC 4.5).
+
+    Valid pixels: labeled pixels with a label, unlabeled pixels whose contrastive
+    pseudo-label is not ignored and whose confidence is >= weak_threshold; all maps are
+    downsampled (nearest) to the representation's 1/4 resolution.
+    """
     loss_cfg = run.cfg["Loss"]
     rep = torch.cat([rep_l, rep_u]).float()
     size = tuple(rep.shape[-2:])
-    with torch.no_grad():
-        y = torch.cat([downsample(y_l, size), downsample(y_con, size)])
-        weak = downsample(conf_con, size) >= loss_cfg["weak_threshold"]
+    with phase("proto_update"), torch.no_grad():
+        y = torch.cat([downsample(y_l, size), downsample(maps["y_con"], size)])
+        weak = downsample(maps["conf_con"], size) >= loss_cfg["weak_threshold"]
         valid = y >= 0
         valid[y_l.shape[0] :] &= weak
         if pl.use_rep_indicator:  # rep-space probabilities, prototypes before this update
@@ -390,17 +432,18 @@ def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, y_con, conf_con, pl
         else:
             prob = torch.cat([pred_l, pred_u]).detach().float().softmax(1)
         run.prototypes.update(rep.detach(), y.clamp_min(0), valid)
-    return prototype_contrastive_loss(
-        rep,
-        y,
-        valid,
-        prob,
-        run.prototypes.proto,
-        loss_cfg["strong_threshold"],
-        loss_cfg["temp"],
-        loss_cfg["num_queries"],
-        loss_cfg["num_negatives"],
-    )
+    with phase("contrastive"):
+        return prototype_contrastive_loss(
+            rep,
+            y,
+            valid,
+            prob,
+            run.prototypes.proto,
+            loss_cfg["strong_threshold"],
+            loss_cfg["temp"],
+            loss_cfg["num_queries"],
+            loss_cfg["num_negatives"],
+        )
 
 
 # --------------------------------------------------------------------------- evaluation
