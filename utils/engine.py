@@ -198,8 +198,11 @@ def cycle(loader, sampler: EpochBatchSampler, start_iter: int):
         sampler.set_position(sampler.epoch + 1, 0)
 
 
-def build_run(cfg: dict, strategy: str, device: torch.device, rank: int, world: int) -> Run:
-    datasets = build_datasets(cfg)
+def build_run(
+    cfg: dict, strategy: str, device: torch.device, rank: int, world: int, datasets=None
+) -> Run:
+    """Model, teacher, prototypes, optimiser; ``datasets`` default to the config's."""
+    datasets = build_datasets(cfg) if datasets is None else datasets
     data = cfg["Dataset"]
     per_rank = -(-len(datasets["labeled"]) // world)
     if per_rank < data["batch_size"]:
