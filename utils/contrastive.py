@@ -80,15 +80,21 @@ def sample_negative_classes(
 
 
 def contrastive_ce(
-    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temp: float
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    temp: float,
+    negative_normalized: bool = False,
 ) -> torch.Tensor:
     """Per-class mean over queries of CE(target 0) on ``cos(anchor, [positive, negatives]) / temp``.
 
-    ``anchor [P,Q,D]``, ``positive [P,D]``, ``negative [P,Q,N,D]`` -> ``[P]``.
+    ``anchor [P,Q,D]``, ``positive [P,D]``, ``negative [P,Q,N,D]`` -> ``[P]``. With
+    ``negative_normalized`` the negatives are already unit vectors (saves a copy of the
+    largest tensor of the step).
     """
     anchor_n = F.normalize(anchor, dim=-1, eps=COS_EPS)
     pos_n = F.normalize(positive, dim=-1, eps=COS_EPS)
-    neg_n = F.normalize(negative, dim=-1, eps=COS_EPS)
+    neg_n = negative if negative_normalized else F.normalize(negative, dim=-1, eps=COS_EPS)
     l_pos = torch.einsum("pqd,pd->pq", anchor_n, pos_n).unsqueeze(-1)
     l_neg = torch.einsum("pqd,pqnd->pqn", anchor_n, neg_n)
     logits = torch.cat([l_pos, l_neg], dim=-1) / temp
@@ -142,8 +148,10 @@ def prototype_contrastive_loss(
             proto_present, temp, num_queries, num_negatives, generator
         )
         neg_pos = sample_pixels(counts[present], offsets[present], neg_cls, generator)
-        negative = rep_flat.detach()[order[neg_pos]]  # [P,Q,N,D]
+        # Normalise the M pixels once, then gather: one [P,Q,N,D] tensor instead of two.
+        rep_unit = F.normalize(rep_flat.detach(), dim=-1, eps=COS_EPS)
+        negative = rep_unit[order[neg_pos]]  # [P,Q,N,D]
 
-    ce = contrastive_ce(anchor, proto_present, negative, temp)
+    ce = contrastive_ce(anchor, proto_present, negative, temp, negative_normalized=True)
     has_anchor = hard_counts[present] > 0
     return torch.where(has_anchor, ce, torch.zeros_like(ce)).sum() / num_present
