@@ -79,24 +79,60 @@ def sample_negative_classes(
     return draws.view(-1, num_queries, num_negatives)
 
 
+# Bound on the elements of one block of the anchor x pixel similarity matrix (~256 MB fp32).
+_SIM_BLOCK = 1 << 26
+
+
+class NegativeSimilarity(torch.autograd.Function):
+    """``out[p,q,n] = anchor[p,q] . pixels[idx[p,q,n]]`` with gradient for ``anchor`` only.
+
+    The obvious ``pixels[idx]`` materialises a ``[P,Q,N,D]`` tensor (2.8 GB at the paper's
+    21 x 256 x 512 x 256) and keeps it for the backward pass. Instead the forward computes
+    blocks of the dense similarity ``anchor @ pixels.T`` and picks the sampled entries,
+    and the backward is one ``embedding_bag``: ``grad_anchor[p,q] = sum_n g[p,q,n] *
+    pixels[idx[p,q,n]]``. Only ``idx`` is saved. The negatives carry no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, pixels: torch.Tensor, idx: torch.Tensor):
+        p, q, n = idx.shape
+        out = anchor.new_empty(p, q, n)
+        rows = max(1, _SIM_BLOCK // max(1, q * pixels.shape[0]))
+        for start in range(0, p, rows):
+            sim = anchor[start : start + rows] @ pixels.t()  # [rows, Q, M]
+            out[start : start + rows] = sim.gather(2, idx[start : start + rows])
+        ctx.save_for_backward(pixels, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pixels, idx = ctx.saved_tensors
+        p, q, n = idx.shape
+        grad_anchor = F.embedding_bag(
+            idx.reshape(p * q, n),
+            pixels,
+            per_sample_weights=grad.reshape(p * q, n).to(pixels.dtype),
+            mode="sum",
+        )
+        return grad_anchor.view(p, q, -1), None, None
+
+
 def contrastive_ce(
     anchor: torch.Tensor,
     positive: torch.Tensor,
-    negative: torch.Tensor,
+    pixels: torch.Tensor,
+    neg_idx: torch.Tensor,
     temp: float,
-    negative_normalized: bool = False,
 ) -> torch.Tensor:
     """Per-class mean over queries of CE(target 0) on ``cos(anchor, [positive, negatives]) / temp``.
 
-    ``anchor [P,Q,D]``, ``positive [P,D]``, ``negative [P,Q,N,D]`` -> ``[P]``. With
-    ``negative_normalized`` the negatives are already unit vectors (saves a copy of the
-    largest tensor of the step).
+    ``anchor [P,Q,D]`` (with grad), ``positive [P,D]``, ``pixels [M,D]`` unit vectors (no
+    grad) of which ``neg_idx [P,Q,N]`` are the negatives -> ``[P]``.
     """
     anchor_n = F.normalize(anchor, dim=-1, eps=COS_EPS)
     pos_n = F.normalize(positive, dim=-1, eps=COS_EPS)
-    neg_n = negative if negative_normalized else F.normalize(negative, dim=-1, eps=COS_EPS)
     l_pos = torch.einsum("pqd,pd->pq", anchor_n, pos_n).unsqueeze(-1)
-    l_neg = torch.einsum("pqd,pqnd->pqn", anchor_n, neg_n)
+    l_neg = NegativeSimilarity.apply(anchor_n, pixels, neg_idx)
     logits = torch.cat([l_pos, l_neg], dim=-1) / temp
     ce = torch.logsumexp(logits, dim=-1) - logits[..., 0]
     return ce.mean(dim=1)
@@ -120,14 +156,15 @@ def prototype_contrastive_loss(
     indicator probability (no grad), ``proto [C,D]`` the prototypes after this step's update.
     Loss = (sum over present classes with at least one hard anchor of their mean CE) /
     (number of present classes); ``rep.sum() * 0`` when fewer than two classes are present.
-    Only anchors carry gradient. Memory: the gathered negatives are ``[P,Q,N,D]`` float32.
+    Only anchors carry gradient; no ``[P,Q,N,D]`` tensor is formed (see ``NegativeSimilarity``).
     """
     num_classes, dim = proto.shape
     rep_flat = rep.permute(0, 2, 3, 1).reshape(-1, dim).float()
     y_flat = y.reshape(-1)
     valid_flat = valid.reshape(-1)
     order, counts, offsets = class_sorted_pixels(y_flat, valid_flat, num_classes)
-    present = torch.nonzero(counts > 0).squeeze(1)  # the one host sync
+    counts_host = counts.cpu()  # the one host sync: which classes are present, how many pixels
+    present = torch.nonzero(counts_host > 0).squeeze(1).to(rep.device)
     num_present = present.numel()
     if num_present < 2:
         return rep.sum() * 0
@@ -148,10 +185,10 @@ def prototype_contrastive_loss(
             proto_present, temp, num_queries, num_negatives, generator
         )
         neg_pos = sample_pixels(counts[present], offsets[present], neg_cls, generator)
-        # Normalise the M pixels once, then gather: one [P,Q,N,D] tensor instead of two.
-        rep_unit = F.normalize(rep_flat.detach(), dim=-1, eps=COS_EPS)
-        negative = rep_unit[order[neg_pos]]  # [P,Q,N,D]
+        # The valid pixels in class order, as unit vectors; neg_pos indexes them directly.
+        num_valid = int(counts_host.sum())
+        pixels = F.normalize(rep_flat.detach()[order[:num_valid]], dim=-1, eps=COS_EPS)
 
-    ce = contrastive_ce(anchor, proto_present, negative, temp, negative_normalized=True)
+    ce = contrastive_ce(anchor, proto_present, pixels, neg_pos, temp)
     has_anchor = hard_counts[present] > 0
     return torch.where(has_anchor, ce, torch.zeros_like(ce)).sum() / num_present
