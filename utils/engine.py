@@ -33,7 +33,7 @@ from network import build_model
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import dump_config, load_config
 from utils.contrastive import prototype_contrastive_loss
-from utils.dist import init_distributed, is_dist, is_main_process
+from utils.dist import broadcast_, init_distributed, is_dist, is_main_process
 from utils.ema import ema_update, make_teacher
 from utils.errors import UserError
 from utils.evaluation import evaluate, format_table
@@ -458,8 +458,23 @@ def eval_model(run: Run) -> nn.Module:
     return run.student if run.strategy == "supervised" else run.teacher
 
 
+def sync_buffers(*models: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    Without SyncBatchNorm (CPU / gloo, or ``sync_bn: false``) each process updates them from
+    its own batches, so the shards of a distributed evaluation would run different models,
+    none of them the one rank 0 saves. Training is unaffected: both networks run in train
+    mode (batch statistics) and DDP broadcasts the student's buffers before each forward.
+    """
+    if is_dist():
+        for model in models:
+            for buf in model.buffers():
+                broadcast_(buf)
+
+
 def run_eval(run: Run) -> tuple[float, torch.Tensor]:
     tr = run.cfg["Training"]
+    sync_buffers(run.student, run.teacher)
     cm = evaluate(
         eval_model(run),
         run.datasets["valid"],
