@@ -435,13 +435,17 @@ def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, pl, phase=no_
         else:
             prob = torch.cat([pred_l, pred_u]).detach().float().softmax(1)
         run.prototypes.update(rep.detach(), y.clamp_min(0), valid)
+    # A diverged step (non-finite rep) leaves non-finite prototypes, from which negative
+    # classes cannot be drawn (torch.multinomial raises); zeros let the step finish with a
+    # non-finite loss that check_finite reports. Identity while the prototypes are finite.
+    proto = torch.nan_to_num(run.prototypes.proto, nan=0.0, posinf=0.0, neginf=0.0)
     with phase("contrastive"):
         return prototype_contrastive_loss(
             rep,
             y,
             valid,
             prob,
-            run.prototypes.proto,
+            proto,
             loss_cfg["strong_threshold"],
             loss_cfg["temp"],
             loss_cfg["num_queries"],
