@@ -583,7 +583,11 @@ def train(run: Run, work_dir: Path) -> dict:
         stats = train_step(run, batch_l, batch_u)
         names = list(stats)
         values = dict(zip(names, torch.stack([stats[k].float().cpu() for k in names]).tolist()))
-        check_finite(run, values)
+        try:
+            check_finite(run, values)
+        except UserError:
+            bar.close()  # so that the message starts its own line, not the progress bar's
+            raise
         run.iteration += 1
         values.update(
             lr=run.optimizer.param_groups[0]["lr"],
