@@ -33,7 +33,7 @@ from network import build_model
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import dump_config, load_config
 from utils.contrastive import prototype_contrastive_loss
-from utils.dist import broadcast_, init_distributed, is_dist, is_main_process
+from utils.dist import all_reduce_sum, broadcast_, init_distributed, is_dist, is_main_process
 from utils.ema import ema_update, make_teacher
 from utils.errors import UserError
 from utils.evaluation import evaluate, format_table
@@ -403,7 +403,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
             stats["contrast"] = contrast.detach()
             confident = (maps["conf_u"] >= loss_cfg["un_threshold"]) & (maps["y_u"] >= 0)
             stats["mask_ratio"] = confident.float().mean()
-            stats["lambda"] = torch.tensor(lam)
+            stats["lambda"] = torch.tensor(lam, device=dev)
     stats["total"] = total.detach()
     with phase("backward"):
         run.optimizer.zero_grad(set_to_none=True)
@@ -582,7 +582,10 @@ def train(run: Run, work_dir: Path) -> dict:
         t0 = time.perf_counter()
         stats = train_step(run, batch_l, batch_u)
         names = list(stats)
-        values = dict(zip(names, torch.stack([stats[k].float().cpu() for k in names]).tolist()))
+        # One small all-reduce: logged values are means over processes, and a non-finite
+        # loss on any process stops every process at the same step (none waits forever).
+        packed = all_reduce_sum(torch.stack([stats[k].float() for k in names])) / run.world
+        values = dict(zip(names, packed.cpu().tolist()))
         try:
             check_finite(run, values)
         except UserError:
