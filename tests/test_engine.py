@@ -426,6 +426,49 @@ def test_kill_and_resume_equals_straight_run(runs: dict, tiny_split: Path, tmp_p
     assert s_new["miou"] == pytest.approx(s_ref["miou"], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_ctrl_c_writes_latest_and_the_run_resumes(
+    runs: dict, tiny_split: Path, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C) finishes the current step, writes latest.pth at that iteration,
+    exits 130; rerunning resumes there and ends with the weights of the straight run."""
+    ref = runs["mix_label"]
+    check_ok(ref.proc)
+    work_dir = tmp_path / "interrupted"
+    overrides = [o for o in ref.overrides if not o.startswith("Training.save_interval")]
+    overrides.append(f"Training.save_interval={10 * TOTAL_ITER}")  # only the Ctrl-C writes
+    overrides = [o for o in overrides if not o.startswith("Training.eval_interval")]
+    overrides.append(f"Training.eval_interval={TOTAL_ITER}")
+    cmd = [sys.executable, "mix_label.py", "--work-dir", str(work_dir), *overrides]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        metrics = work_dir / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()):  # a step finished
+            assert proc.poll() is None, "the run ended before its first logged step"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    state = load_state(work_dir / "latest.pth")
+    assert 1 <= state["iteration"] < TOTAL_ITER
+    assert f"holds iteration {state['iteration']}" in err
+    assert not (work_dir / "summary.json").exists()
+
+    resumed = python(cmd[1:])
+    check_ok(resumed)
+    assert f"resuming at iteration {state['iteration']}" in resumed.stdout
+    a, b = load_state(ref.dir / "latest.pth"), load_state(work_dir / "latest.pth")
+    assert b["iteration"] == TOTAL_ITER
+    assert model_equal(a["teacher"], b["teacher"]) == []
+    assert torch.allclose(a["prototypes"]["proto"], b["prototypes"]["proto"], rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

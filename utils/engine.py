@@ -581,11 +581,13 @@ def train(run: Run, work_dir: Path) -> dict:
         torch.manual_seed(step_seed(seed, run.rank, run.iteration))
         t0 = time.perf_counter()
         stats = train_step(run, batch_l, batch_u)
+        stats["stop"] = torch.tensor(float(StopRequest.requested), device=run.device)
         names = list(stats)
         # One small all-reduce: logged values are means over processes, and a non-finite
-        # loss on any process stops every process at the same step (none waits forever).
+        # loss or a Ctrl-C on any process stops every process at the same step.
         packed = all_reduce_sum(torch.stack([stats[k].float() for k in names])) / run.world
         values = dict(zip(names, packed.cpu().tolist()))
+        stop = values.pop("stop") > 0
         try:
             check_finite(run, values)
         except UserError:
@@ -631,7 +633,7 @@ def train(run: Run, work_dir: Path) -> dict:
                 save(run, work_dir, "best.pth")
         if is_eval or run.iteration % tr["save_interval"] == 0:
             save(run, work_dir, "latest.pth")
-        if StopRequest.requested:
+        if stop:
             save(run, work_dir, "latest.pth")
             raise KeyboardInterrupt
         t_data = time.perf_counter()
