@@ -528,10 +528,34 @@ def check_finite(run: Run, values: dict[str, float]) -> None:
         )
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    if is_main_process():
-        with open(path, "a") as f:
+class MetricsWriter:
+    """``metrics.jsonl`` on rank 0, plus TensorBoard events when tensorboard is installed."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.path = work_dir / "metrics.jsonl"
+        self.tb = None
+        if is_main_process():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.tb = SummaryWriter(str(work_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not is_main_process():
+            return
+        with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "iter":
+                    self.tb.add_scalar(key, value, record["iter"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 def train(run: Run, work_dir: Path) -> dict:
@@ -552,7 +576,7 @@ def train(run: Run, work_dir: Path) -> dict:
             )
         loader_u = make_loader(run.datasets["unlabeled"], sampler_u, cfg, run.device)
         batches_u = cycle(loader_u, sampler_u, run.iteration)
-    metrics_path = work_dir / "metrics.jsonl"
+    metrics = MetricsWriter(work_dir)
     avg = MetricAverager()
     start_time = time.time()
     bar = tqdm(
@@ -610,7 +634,7 @@ def train(run: Run, work_dir: Path) -> dict:
                 "epoch": run.iteration // run.iters_per_epoch,
                 **avg.pop(),
             }
-            append_jsonl(metrics_path, record)
+            metrics.write(record)
             log.info(
                 "iter %d  %s",
                 run.iteration,
@@ -622,9 +646,8 @@ def train(run: Run, work_dir: Path) -> dict:
             best = miou > run.best_miou
             run.best_miou = max(run.best_miou, miou)
             run.history.append({"iter": run.iteration, "miou": 100 * miou})
-            append_jsonl(
-                metrics_path,
-                {"iter": run.iteration, "miou": 100 * miou, "best_miou": 100 * run.best_miou},
+            metrics.write(
+                {"iter": run.iteration, "miou": 100 * miou, "best_miou": 100 * run.best_miou}
             )
             log.info(
                 "iter %d  mIoU %.2f  best %.2f", run.iteration, 100 * miou, 100 * run.best_miou
@@ -638,6 +661,7 @@ def train(run: Run, work_dir: Path) -> dict:
             raise KeyboardInterrupt
         t_data = time.perf_counter()
     bar.close()
+    metrics.close()
     if not run.history or run.history[-1]["iter"] != run.iteration:
         miou, iou = run_eval(run)  # resumed a finished run: evaluate it again
     names = class_names(cfg["Dataset"]["name"])
