@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from dataset.base import read_image
+from dataset.palette import voc_palette
 from dataset.transforms import normalize
-from dataset.voc import voc_palette
 from evaluate import build_network_for_eval
 from utils.checkpoint import load_checkpoint
 from utils.config import EVAL_MODES, validate

@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dataset.palette import voc_palette
 from dataset.splits import draw_split, write_split
 from utils.errors import UserError
 
@@ -106,21 +107,6 @@ ASSET_KEYS = (
     "val_backgrounds",
     "meta",
 )
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (256 RGB triples, flattened); 255 is (224, 224, 192)."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 # ---------------------------------------------------------------------------- one item

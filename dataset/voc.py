@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset.base import SegDataset
+from dataset.palette import voc_palette  # noqa: F401  (re-exported)
 
 VOC_CLASSES = (
     "background",
@@ -34,23 +35,6 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
-
-
-def voc_palette() -> list[int]:
-    """The standard VOC colour map: 256 RGB triples (768 values) for ``Image.putpalette``.
-
-    Colour of index i: the bits of i, three at a time, fill R, G and B from the high bit down.
-    """
-    palette = []
-    for index in range(256):
-        rgb = [0, 0, 0]
-        c = index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
-            c >>= 3
-        palette.extend(rgb)
-    return palette
 
 
 class VOCDataset(SegDataset):
