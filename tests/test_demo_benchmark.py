@@ -176,3 +176,30 @@ def test_plots_are_written_when_matplotlib_is_present(runs_dir, tmp_path):
     paths = db.make_plots(rows, runs_dir, ks, ("supervised", "mix_label"), (125, 250), tmp_path)
     assert sorted(p.name for p in paths) == sorted(db.PLOT_NAMES.values())
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_parallel_jobs_split_the_cores_between_runs(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(db.os, "cpu_count", lambda: 4)
+    assert db.run_env(2)["OMP_NUM_THREADS"] == "2"
+    assert db.run_env(8)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in db.run_env(1)  # one job: the run's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert db.run_env(2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
+
+
+def test_curves_ignore_unfinished_runs(runs_dir, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    partial = runs_dir / "mix_label_125_9"
+    partial.mkdir()
+    (partial / "metrics.jsonl").write_text(json.dumps({"iter": 20, "agreement": 0.1}) + "\n")
+    seen = []
+    real = db.mean_curve
+    monkeypatch.setattr(
+        db, "mean_curve", lambda runs, field: seen.append(len(runs)) or real(runs, field)
+    )
+    ks = db.plan(("supervised", "mix_label"), (125,), (*SEEDS, 9))
+    db.make_plots(
+        db.load_rows(runs_dir, ks), runs_dir, ks, ("supervised", "mix_label"), (125,), tmp_path
+    )
+    assert seen and max(seen) == 3  # the three finished seeds, never the partial fourth

@@ -3,11 +3,12 @@
     python tools/demo_benchmark.py [--methods supervised ori_pseudo mix_label cross_label]
                                    [--labels 125 250] [--seeds 3407 1 2]
                                    [--config configs/demo.yaml] [--runs-dir runs/demo_benchmark]
-                                   [--out docs] [--only-report]
+                                   [--out docs] [--jobs 1] [--only-report]
 
 Each run is a subprocess of its entry script (``python mix_label.py --work-dir
 runs/demo_benchmark/mix_label_125_3407 Dataset.num_labels=125 Seed=3407``), one after the
-other. A run whose ``summary.json`` exists is not run again; an interrupted one resumes from
+other, or ``--jobs`` at a time, each with ``OMP_NUM_THREADS`` = cores / jobs (on a shared
+2-core machine two one-thread runs are less hurt by other load than one two-thread run). A run whose ``summary.json`` exists is not run again; an interrupted one resumes from
 its ``latest.pth`` (the engine does that). Then the report is written into ``--out``:
 
 - ``demo_benchmark_results.csv``: one row per run (method, labels, seed, miou, best_miou,
@@ -252,7 +253,8 @@ def make_plots(
     except ImportError:
         print("matplotlib is not installed: no plots (the CSV and the table are written)")
         return []
-    metrics = {k: read_metrics(runs_dir / k.name / "metrics.jsonl") for k in keys}
+    finished = [k for k in keys if is_done(runs_dir, k)]  # a partial run would cut the curves
+    metrics = {k: read_metrics(runs_dir / k.name / "metrics.jsonl") for k in finished}
     low = min(labels)
     paths = [
         _plot_miou(plt, aggregate(rows), methods, labels, out / PLOT_NAMES["miou"]),
@@ -270,6 +272,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def _plot_miou(plt, stats, methods, labels, path: Path) -> Path:
+    labels = [n for n in labels if any((m, n) in stats for m in methods)] or list(labels)
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
