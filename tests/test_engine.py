@@ -404,7 +404,9 @@ def test_kill_and_resume_equals_straight_run(runs: dict, tiny_split: Path, tmp_p
         proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed, not finished
     assert not (work_dir / "summary.json").exists()
-    assert load_state(work_dir / "latest.pth")["iteration"] == EVAL_EVERY
+    killed = load_state(work_dir / "latest.pth")
+    assert killed["iteration"] == EVAL_EVERY
+    assert killed["wall_seconds"] > 0
 
     resumed = python(cmd[1:])
     check_ok(resumed)
@@ -424,6 +426,8 @@ def test_kill_and_resume_equals_straight_run(runs: dict, tiny_split: Path, tmp_p
     s_ref = json.loads((ref.dir / "summary.json").read_text())
     s_new = json.loads((work_dir / "summary.json").read_text())
     assert s_new["miou"] == pytest.approx(s_ref["miou"], abs=1e-6)
+    # The summary counts the training time of the killed process too.
+    assert s_new["wall_seconds"] > killed["wall_seconds"]
 
 
 @pytest.mark.slow

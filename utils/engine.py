@@ -139,6 +139,11 @@ class Run:
     iteration: int = 0
     best_miou: float = 0.0
     history: list = field(default_factory=list)
+    seconds_before: float = 0.0  # training time of earlier processes of this run (resume)
+    started: float = field(default_factory=time.time)
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
 
 
 class TwoBatchForward(nn.Module):
@@ -271,6 +276,7 @@ def make_checkpoint(run: Run) -> dict:
         "epoch": run.iteration // run.iters_per_epoch,
         "best_miou": run.best_miou,
         "history": run.history,
+        "wall_seconds": run.wall_seconds(),
         "strategy": run.strategy,
         "rng": {"torch": torch.get_rng_state()},
         "config": run.cfg,
@@ -286,6 +292,7 @@ def restore(run: Run, state: dict) -> None:
     run.iteration = int(state["iteration"])
     run.best_miou = float(state["best_miou"])
     run.history = list(state["history"])
+    run.seconds_before = float(state.get("wall_seconds", 0.0))
 
 
 def save(run: Run, work_dir: Path, name: str) -> None:
@@ -578,7 +585,7 @@ def train(run: Run, work_dir: Path) -> dict:
         batches_u = cycle(loader_u, sampler_u, run.iteration)
     metrics = MetricsWriter(work_dir)
     avg = MetricAverager()
-    start_time = time.time()
+    run.started = time.time()
     bar = tqdm(
         total=tr["total_iter"],
         initial=run.iteration,
@@ -678,7 +685,7 @@ def train(run: Run, work_dir: Path) -> dict:
             n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, iou.tolist())
         },
         "iterations": run.iteration,
-        "wall_seconds": time.time() - start_time,
+        "wall_seconds": run.wall_seconds(),
         "dataset": cfg["Dataset"]["name"],
         "num_labels": cfg["Dataset"]["num_labels"],
         "seed": seed,
