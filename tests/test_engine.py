@@ -763,3 +763,17 @@ def test_two_process_training_keeps_ranks_identical(tiny_split: Path, tmp_path: 
     )
     check_ok(ev)
     assert json.loads(out.read_text())["miou"] == pytest.approx(summary["miou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_supervised_baseline(tiny_split: Path, tmp_path: Path) -> None:
+    """The supervised baseline leaves the representation head out of its loss; under DDP it
+    must still train (DDP expects a gradient for every parameter) and finish on both ranks."""
+    work_dir = tmp_path / "sup"
+    proc = torchrun(
+        ["supervised.py", "--work-dir", str(work_dir), *train_overrides("supervised", tiny_split)]
+    )
+    check_ok(proc)
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["iterations"] == TOTAL_ITER
+    assert [r["iter"] for r in read_jsonl(work_dir / "metrics.jsonl") if "sup" in r] == [1, 2, 3, 4]

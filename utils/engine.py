@@ -388,7 +388,9 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
         else:
             sup = sup_ce(pred_l_large, y_l)
     stats["sup"] = sup.detach()
-    total = sup
+    # The supervised baseline does not use the representation head; a zero term keeps it in
+    # the graph so that DDP (which expects every parameter to get a gradient) is satisfied.
+    total = sup if out_u is not None else sup + rep_l.float().sum() * 0
     if out_u is not None:
         pred_u, rep_u = out_u
         with phase("unsup_loss"):
