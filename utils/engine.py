@@ -139,6 +139,7 @@ class Run:
     iteration: int = 0
     best_miou: float = 0.0
     history: list = field(default_factory=list)
+    channels_last: bool = False  # inputs in the networks' memory format (GPU only)
     seconds_before: float = 0.0  # training time of earlier processes of this run (resume)
     started: float = field(default_factory=time.time)
 
@@ -258,6 +259,7 @@ def build_run(
         amp_dtype=amp_dtype,
         datasets=datasets,
         iters_per_epoch=per_rank // data["batch_size"],
+        channels_last=channels_last,
     )
 
 
@@ -351,7 +353,8 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
     """
     cfg, dev, loss_cfg = run.cfg, run.device, run.cfg["Loss"]
     epoch = run.iteration // run.iters_per_epoch
-    img_l = normalize(batch_l["img"].to(dev, non_blocking=True))
+    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
+    img_l = normalize(batch_l["img"].to(dev, non_blocking=True)).contiguous(memory_format=fmt)
     y_l = batch_l["label"].to(dev, non_blocking=True)
     size = tuple(img_l.shape[-2:])
     autocast = torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
@@ -363,7 +366,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
             with autocast:
                 if cfg["Training"]["teacher_on_labeled"]:
                     run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
-                logits_t, rep_t = run.teacher(normalize(img_u01))
+                logits_t, rep_t = run.teacher(normalize(img_u01).contiguous(memory_format=fmt))
             t = teacher_predictions(
                 logits_t,
                 rep_t,
@@ -375,7 +378,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
             pl = make_pseudo_labels(run.strategy, t, epoch, loss_cfg["warm_up"])
         with phase("augment"), torch.no_grad():
             img_aug, maps = augment_unlabeled(run, img_u01, pl)
-            img_u_s = normalize(img_aug)
+            img_u_s = normalize(img_aug).contiguous(memory_format=fmt)
         if pl.agreement is not None:
             stats["agreement"] = pl.agreement
     with phase("student_forward"), autocast:
