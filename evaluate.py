@@ -19,7 +19,13 @@ from dataset.build import build_datasets, class_names
 from utils.checkpoint import load_checkpoint
 from utils.config import EVAL_MODES, load_config
 from utils.dist import init_distributed, is_dist, is_main_process
-from utils.engine import DEFAULT_CONFIG, amp_dtype_for, build_network, check_resume_compatible
+from utils.engine import (
+    DEFAULT_CONFIG,
+    MODEL_KEYS,
+    amp_dtype_for,
+    build_network,
+    check_resume_compatible,
+)
 from utils.errors import UserError
 from utils.evaluation import evaluate, format_table
 
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         scales = parse_scales(args.scales)
         state = load_checkpoint(args.checkpoint, required=("teacher", "student", "config"))
-        check_resume_compatible(state["config"], cfg, Path(args.checkpoint))
+        check_resume_compatible(state["config"], cfg, Path(args.checkpoint), MODEL_KEYS)
         datasets = build_datasets(cfg)
         device, _, _ = init_distributed()
         which = args.model

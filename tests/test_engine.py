@@ -603,6 +603,37 @@ def test_evaluate_matches_training_summary(
 
 
 @pytest.mark.slow
+def test_evaluate_checks_only_the_model_keys(
+    runs: dict, plain_eval: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Training-only keys (batch, crop, seed of the split) may differ from the checkpoint's
+    config at evaluation; a different model is refused naming the key."""
+    import evaluate
+
+    mix = runs["mix_label"]
+    ckpt = str(mix.dir / "latest.pth")
+    out = tmp_path / "other_batch.json"
+    extra = ["Dataset.batch_size=3", "Dataset.crop_size=[48,48]"]
+    with one_thread():
+        res = in_process(
+            evaluate,
+            [["--checkpoint", ckpt, "--out", str(out), *mix.overrides, *extra]],
+            capsys,
+            monkeypatch,
+        )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["miou"] == pytest.approx(
+        plain_eval["json"]["miou"], abs=1e-6
+    )
+    bad = in_process(
+        evaluate,
+        [["--checkpoint", ckpt, *mix.overrides, "Network.backbone=resnet34"]],
+        capsys,
+        monkeypatch,
+    )
+    assert bad.returncode == 2 and "Network.backbone" in bad.stderr and ckpt in bad.stderr
+
+
 def test_evaluate_flip_and_scales(
     runs: dict, plain_eval: dict, tmp_path: Path, fashion_root: Path, tiny_split: Path
 ) -> None:

@@ -45,14 +45,18 @@ from utils.strategies import make_pseudo_labels, needs_rep, teacher_predictions
 
 STRATEGY_NAMES = ("supervised", "ori_pseudo", "mix_label", "cross_label")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-# Keys that must not change when a run is resumed.
-RESUME_FIXED = (
-    "Seed",
+# Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
+MODEL_KEYS = (
     "Network.backbone",
     "Network.num_class",
     "Network.output_stride",
     "Network.rep_dim",
     "Dataset.name",
+)
+# Keys that must not change when a run is resumed.
+RESUME_FIXED = (
+    "Seed",
+    *MODEL_KEYS,
     "Dataset.num_labels",
     "Dataset.batch_size",
     "Dataset.crop_size",
@@ -87,8 +91,11 @@ def _get(cfg: dict, dotted: str) -> Any:
     return node
 
 
-def check_resume_compatible(saved: dict, cfg: dict, path: Path) -> None:
-    diff = [k for k in RESUME_FIXED if _get(saved, k) != _get(cfg, k)]
+def check_resume_compatible(
+    saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
+) -> None:
+    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error)."""
+    diff = [k for k in keys if _get(saved, k) != _get(cfg, k)]
     if diff:
         shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(cfg, k)!r})" for k in diff)
         raise UserError(f"{path} was trained with another model or dataset: {shown}")
