@@ -31,16 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dataset.transforms import BLUR_SIGMA_RANGE, HUE_RANGE, IMAGENET_MEAN, JITTER_RANGE
 from utils.dist import all_gather_cat, get_rank, get_world_size
 from utils.errors import UserError
 
 MIX_MODES = ("cutmix", "cutout", "classmix", "none")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-
-JITTER_RANGE = (0.75, 1.25)  # brightness, contrast, saturation factors
-HUE_RANGE = (-0.25, 0.25)
-BLUR_SIGMA_RANGE = (0.15, 1.15)
 BLUR_KERNEL_SIZE = 9
 
 
