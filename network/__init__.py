@@ -14,13 +14,19 @@ def build_model(
     output_stride: int = 8,
     rep_dim: int = 256,
     pretrained: str | None = None,
+    base_width: int = 64,
+    decoder_channels: int = 256,
 ) -> DeepLabV3Plus:
     """Build DeepLabv3+ on ``backbone``; load its ImageNet weights from ``pretrained`` if given.
 
+    ``base_width`` (stem / layer1 width, 64 standard) and ``decoder_channels`` (ASPP and
+    head width, 256 standard) make a smaller network; ImageNet weights need ``base_width=64``.
     ``pretrained=None`` (or ``""``) leaves the backbone randomly initialised; whether that is
     allowed is the caller's decision. Bad names, strides or weight files raise ``UserError``.
     """
-    net = build_backbone(backbone, output_stride)
+    net = build_backbone(backbone, output_stride, base_width)
     if pretrained:
         load_backbone_weights(net, pretrained)
-    return DeepLabV3Plus(net, num_classes, output_stride=output_stride, rep_dim=rep_dim)
+    return DeepLabV3Plus(
+        net, num_classes, output_stride, rep_dim=rep_dim, decoder_channels=decoder_channels
+    )

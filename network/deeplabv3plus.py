@@ -38,25 +38,30 @@ class ASPPPooling(nn.Module):
 
 
 class ASPP(nn.Module):
-    """1x1 conv, three atrous 3x3 convs and image pooling, concatenated and projected to 256."""
+    """1x1 conv, three atrous 3x3 convs and image pooling, concatenated and projected.
 
-    def __init__(self, in_channels: int, rates: tuple[int, int, int]) -> None:
+    Every branch and the projection have ``channels`` channels (256 in DeepLabv3+).
+    """
+
+    def __init__(
+        self, in_channels: int, rates: tuple[int, int, int], channels: int = ASPP_CHANNELS
+    ) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            [conv_bn_relu(in_channels, ASPP_CHANNELS)]
-            + [conv_bn_relu(in_channels, ASPP_CHANNELS, 3, rate) for rate in rates]
-            + [ASPPPooling(in_channels, ASPP_CHANNELS)]
+            [conv_bn_relu(in_channels, channels)]
+            + [conv_bn_relu(in_channels, channels, 3, rate) for rate in rates]
+            + [ASPPPooling(in_channels, channels)]
         )
-        self.project = conv_bn_relu(len(self.branches) * ASPP_CHANNELS, ASPP_CHANNELS)
+        self.project = conv_bn_relu(len(self.branches) * channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
-def head(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv -> BN -> ReLU -> 1x1 conv (with bias) to ``out_channels``."""
+def head(in_channels: int, out_channels: int, channels: int = ASPP_CHANNELS) -> nn.Sequential:
+    """3x3 conv to ``channels`` -> BN -> ReLU -> 1x1 conv (with bias) to ``out_channels``."""
     return nn.Sequential(
-        *conv_bn_relu(in_channels, ASPP_CHANNELS, 3), nn.Conv2d(ASPP_CHANNELS, out_channels, 1)
+        *conv_bn_relu(in_channels, channels, 3), nn.Conv2d(channels, out_channels, 1)
     )
 
 
@@ -65,12 +70,18 @@ class DeepLabV3Plus(nn.Module):
 
     ``backbone`` must provide ``forward_features(x) -> (c1, c4)`` and the attributes
     ``low_channels`` / ``high_channels`` (see ``network.resnet.ResNetBackbone``).
+    ``decoder_channels`` is the width of the ASPP and of both heads (256 in DeepLabv3+).
     ``forward(x)`` returns ``(pred, rep)``: ``[B, num_classes, h, w]`` and ``[B, rep_dim, h, w]``
     at the layer1 resolution (1/4 of the input); nothing is upsampled to the input size here.
     """
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, output_stride: int = 8, rep_dim: int = 256
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        output_stride: int = 8,
+        rep_dim: int = 256,
+        decoder_channels: int = ASPP_CHANNELS,
     ) -> None:
         super().__init__()
         check_output_stride(output_stride)
@@ -78,11 +89,13 @@ class DeepLabV3Plus(nn.Module):
         if backbone_stride != output_stride:
             raise ValueError(f"backbone has output stride {backbone_stride}, not {output_stride}")
         self.backbone = backbone
-        self.aspp = ASPP(backbone.high_channels, ASPP_RATES[output_stride])
+        if decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be positive, got {decoder_channels}")
+        self.aspp = ASPP(backbone.high_channels, ASPP_RATES[output_stride], decoder_channels)
         self.project = conv_bn_relu(backbone.low_channels, LOW_CHANNELS)
-        decoder_channels = LOW_CHANNELS + ASPP_CHANNELS
-        self.classifier = head(decoder_channels, num_classes)
-        self.representation = head(decoder_channels, rep_dim)
+        fused = LOW_CHANNELS + decoder_channels
+        self.classifier = head(fused, num_classes, decoder_channels)
+        self.representation = head(fused, rep_dim, decoder_channels)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(pred, rep)`` at 1/4 of the input resolution."""

@@ -59,11 +59,10 @@ class ResNetBackbone(nn.Module):
             net.layer3,
             net.layer4,
         )
-        expansion = 4 if isinstance(net.layer1[0], Bottleneck) else 1
         self.arch = arch
         self.output_stride = output_stride
-        self.low_channels = 64 * expansion
-        self.high_channels = 512 * expansion
+        self.low_channels = _out_channels(net.layer1)
+        self.high_channels = _out_channels(net.layer4)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(c1, c4)``: layer1 features (1/4 res) and layer4 features (1/OS res)."""
@@ -83,22 +82,60 @@ def check_output_stride(output_stride: int) -> None:
         raise UserError(f"output_stride: got {output_stride!r}, expected one of 8, 16")
 
 
-def build_backbone(name: str, output_stride: int = 8) -> ResNetBackbone:
-    """Build a randomly initialised ResNet backbone with the given output stride (8 or 16)."""
+def build_backbone(name: str, output_stride: int = 8, base_width: int = 64) -> ResNetBackbone:
+    """Build a randomly initialised ResNet backbone with the given output stride (8 or 16).
+
+    ``base_width`` is the width of the stem and layer1 (64 in every standard ResNet; the
+    stages double it: 64-128-256-512). A narrower ResNet keeps the depth and the layout but
+    has no ImageNet weights; the demo uses 16 to train on 2 CPU cores.
+    """
     if name not in BACKBONES:
         raise UserError(f"backbone: got {name!r}, expected one of {', '.join(BACKBONES)}")
     check_output_stride(output_stride)
+    if base_width < 1:
+        raise UserError(f"base_width: got {base_width!r}, expected a positive integer")
     dilated = [d > 1 for d in _DILATIONS[output_stride]]
     if name in ("resnet18", "resnet34"):
         net = _TORCHVISION[name](weights=None)
+        if base_width != 64:
+            _set_base_width(net, BasicBlock, base_width)
         for stage, dilation in zip((net.layer2, net.layer3, net.layer4), _DILATIONS[output_stride]):
             if dilation > 1:
                 _dilate_basic_stage(stage, dilation)
     else:
         net = _TORCHVISION[name](weights=None, replace_stride_with_dilation=dilated)
+        if base_width != 64:
+            _set_base_width(net, Bottleneck, base_width, dilated)
     if name == "resnet101_deepstem":
         _make_deep_stem(net)
     return ResNetBackbone(net, name, output_stride)
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    """Channels a ResNet stage outputs (its last block's last BatchNorm)."""
+    last = stage[-1]
+    return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
+
+
+def _set_base_width(
+    net: tvm.ResNet, block: type, width: int, dilated: list[bool] | None = None
+) -> None:
+    """Rebuild the stem and the four stages of ``net`` at widths w-2w-4w-8w, in place."""
+    depths = [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    dilated = dilated or [False, False, False]
+    net.inplanes, net.dilation = width, 1
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(block, width, depths[0])
+    for k, name in enumerate(("layer2", "layer3", "layer4")):
+        stage = net._make_layer(block, width * 2 ** (k + 1), depths[k + 1], 2, dilated[k])
+        setattr(net, name, stage)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def _dilate_basic_stage(stage: nn.Sequential, dilation: int) -> None:
@@ -114,21 +151,25 @@ def _dilate_basic_stage(stage: nn.Sequential, dilation: int) -> None:
 
 
 def _make_deep_stem(net: tvm.ResNet) -> None:
-    """Swap the 7x7 stem of a Bottleneck ResNet for the v1c deep stem (3->64->64->128), in place."""
+    """Swap the 7x7 stem of a Bottleneck ResNet for the v1c deep stem (3->w->w->2w), in place.
+
+    w is the stem's width (64 in the standard network: 3->64->64->128).
+    """
+    w = net.bn1.num_features
     net.conv1 = nn.Sequential(
-        conv3x3(3, 64, stride=2),
-        nn.BatchNorm2d(64),
+        conv3x3(3, w, stride=2),
+        nn.BatchNorm2d(w),
         nn.ReLU(inplace=True),
-        conv3x3(64, 64),
-        nn.BatchNorm2d(64),
+        conv3x3(w, w),
+        nn.BatchNorm2d(w),
         nn.ReLU(inplace=True),
-        conv3x3(64, 128),
+        conv3x3(w, 2 * w),
     )
-    net.bn1 = nn.BatchNorm2d(128)
+    net.bn1 = nn.BatchNorm2d(2 * w)
     net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     first = net.layer1[0]
-    first.conv1 = conv1x1(128, first.conv1.out_channels)
-    first.downsample[0] = conv1x1(128, first.downsample[0].out_channels)
+    first.conv1 = conv1x1(2 * w, first.conv1.out_channels)
+    first.downsample[0] = conv1x1(2 * w, first.downsample[0].out_channels)
     for module in (net.conv1, first.conv1, first.downsample[0]):
         for conv in module.modules():
             if isinstance(conv, nn.Conv2d):

@@ -37,6 +37,7 @@ def test_paper_values_in_voc_and_cityscapes():
         assert cfg["Loss"]["temp"] == 0.5
         assert (cfg["Loss"]["num_queries"], cfg["Loss"]["num_negatives"]) == (256, 512)
         assert cfg["Training"]["total_iter"] == 80000
+        assert (cfg["Network"]["base_width"], cfg["Network"]["decoder_channels"]) == (64, 256)
     assert voc["Dataset"]["crop_size"] == [512, 512] and voc["Dataset"]["batch_size"] == 8
     assert city["Dataset"]["crop_size"] == [769, 769] and city["Dataset"]["batch_size"] == 4
     assert voc["Loss"]["sup_loss"] == "ce" and city["Loss"]["sup_loss"] == "ohem"
@@ -103,6 +104,16 @@ def test_random_init_must_be_explicit():
     _bad(cfg, r"Network\.pretrained.*random_init")
     cfg["Network"]["random_init"] = True
     assert validate(cfg)["Network"]["pretrained"] == ""
+
+
+def test_narrow_backbone_cannot_take_imagenet_weights():
+    cfg = raw("voc")
+    assert (cfg["Network"]["base_width"], cfg["Network"]["decoder_channels"]) == (64, 256)
+    cfg["Network"]["base_width"] = 16
+    _bad(cfg, r"Network\.base_width.*16.*64 when Network\.pretrained")
+    cfg["Network"]["pretrained"] = ""
+    cfg["Network"]["random_init"] = True
+    validate(cfg)
 
 
 def test_overrides_are_typed_by_the_value_they_replace():

@@ -371,3 +371,53 @@ def test_train_step_under_autocast_reaches_every_parameter() -> None:
 def test_deeplab_rejects_stride_mismatch() -> None:
     with pytest.raises(ValueError, match="16"):
         DeepLabV3Plus(build_backbone("resnet18", 16), 4, output_stride=8)
+
+
+def _conv_widths(module: nn.Module) -> list[int]:
+    return [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize(
+    ("name", "expansion"),
+    [("resnet18", 1), ("resnet34", 1), ("resnet50", 4), ("resnet101_deepstem", 4)],
+)
+def test_base_width_scales_every_stage(name: str, expansion: int) -> None:
+    """base_width w: stem w (deep stem w-w-2w), stages w-2w-4w-8w (x expansion), same depth."""
+    w = 8
+    standard, narrow = build_backbone(name, 16), build_backbone(name, 16, base_width=w)
+    for k, stage in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        a, b = getattr(standard, stage), getattr(narrow, stage)
+        assert len(a) == len(b)
+        # every conv of a stage is (64 / w) times narrower, block by block
+        assert [c * w // 64 for c in _conv_widths(a)] == _conv_widths(b)
+        assert _conv_widths(b)[-1] == w * 2**k * expansion
+    stem = [16, 8, 8] if name.endswith("deepstem") else [8]
+    assert _conv_widths(narrow.conv1)[::-1][: len(stem)] == stem
+    assert (narrow.low_channels, narrow.high_channels) == (w * expansion, 8 * w * expansion)
+    # the dilation pattern is the standard network's
+    assert _stage_dilations(narrow.layer4) == _stage_dilations(standard.layer4)
+    assert _stage_dilations(narrow.layer3) == _stage_dilations(standard.layer3)
+    c1, c4 = narrow.eval()(torch.randn(1, 3, H, W))
+    assert c1.shape == (1, w * expansion, math.ceil(H / 4), math.ceil(W / 4))
+    assert c4.shape == (1, 8 * w * expansion, math.ceil(H / 16), math.ceil(W / 16))
+
+
+def test_decoder_channels_set_aspp_and_head_widths() -> None:
+    model = build_model("resnet18", 5, 16, rep_dim=12, base_width=16, decoder_channels=32).eval()
+    assert all(w == 32 for w in _conv_widths(model.aspp))
+    assert model.aspp.project[0].in_channels == 5 * 32
+    for head, out in ((model.classifier, 5), (model.representation, 12)):
+        assert head[0].in_channels == 48 + 32 and _conv_widths(head) == [32, out]
+    pred, rep = model(torch.randn(2, 3, H, W))
+    assert pred.shape == (2, 5, math.ceil(H / 4), math.ceil(W / 4)) and rep.shape[1] == 12
+    # the defaults are DeepLabv3+'s
+    assert all(w == 256 for w in _conv_widths(build_model("resnet18", 5).aspp))
+
+
+def test_base_width_rejects_bad_values_and_imagenet_weights(tmp_path) -> None:
+    with pytest.raises(UserError, match="base_width"):
+        build_backbone("resnet18", 16, base_width=0)
+    path = tmp_path / "r18.pth"
+    torch.save(tvm.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(UserError, match=str(path)):
+        build_model("resnet18", 5, 16, pretrained=str(path), base_width=32)

@@ -68,6 +68,10 @@ SCHEMA: dict[str, Any] = {
         "num_class": Key("int", lambda v: v >= 2, ">= 2", "number of classes C"),
         "output_stride": Key("int", _choice((8, 16)), "8 or 16", "backbone output stride"),
         "rep_dim": Key("int", _pos, "> 0", "representation dimension D"),
+        "base_width": Key(
+            "int", _pos, "> 0", "ResNet stem / layer1 width (64 standard; ImageNet weights need 64)"
+        ),
+        "decoder_channels": Key("int", _pos, "> 0", "ASPP and head width (256 in DeepLabv3+)"),
         "pretrained": Key("str", doc="local path of ImageNet backbone weights; empty = none"),
         "random_init": Key("bool", doc="allow training without pretrained weights"),
         "sync_bn": Key("bool", doc="SyncBatchNorm when distributed on GPUs"),
@@ -240,6 +244,8 @@ def _check_relations(cfg: dict) -> None:
             "config key Network.pretrained: got '', expected a local weights file "
             "(or set Network.random_init=true to train from scratch)"
         )
+    if net["pretrained"] and net["base_width"] != 64:
+        raise _fail("Network.base_width", net["base_width"], "64 when Network.pretrained is set")
     pool = POOL_SIZE[data["name"]]
     if data["num_labels"] > pool:
         raise _fail(

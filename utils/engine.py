@@ -181,6 +181,8 @@ def build_network(cfg: dict) -> nn.Module:
         net["output_stride"],
         net["rep_dim"],
         net["pretrained"] or None,
+        base_width=net["base_width"],
+        decoder_channels=net["decoder_channels"],
     )
 
 
