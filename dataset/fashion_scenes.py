@@ -421,13 +421,18 @@ def ensure_fashion_scenes(
 
 
 def write_fashion_splits(
-    txt_dir: str | Path = DEFAULT_TXT_DIR, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL
+    txt_dir: str | Path = DEFAULT_TXT_DIR,
+    num_train: int = NUM_TRAIN,
+    num_val: int = NUM_VAL,
+    labels: tuple[int, ...] = SPLIT_LABELS,
+    seeds: tuple[int, ...] = SPLIT_SEEDS,
 ) -> list[Path]:
-    """Write the shipped split files: labeled drawn from the train ids, valid = all val ids."""
+    """Write split files (default: the shipped ones): labeled drawn from the train ids,
+    valid = all val ids."""
     train_ids, val_ids = scene_ids("train", num_train), scene_ids("val", num_val)
     out = []
-    for num_labels in SPLIT_LABELS:
-        for seed in SPLIT_SEEDS:
+    for num_labels in labels:
+        for seed in seeds:
             labeled, unlabeled = draw_split(train_ids, num_labels, seed)
             out.append(write_split(txt_dir, num_labels, seed, labeled, unlabeled, val_ids))
     return out
@@ -439,10 +444,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asset", type=Path, default=None, help="asset file (.npz)")
     parser.add_argument("--write-splits", action="store_true", help="write the split files instead")
     parser.add_argument("--txt-dir", type=Path, default=DEFAULT_TXT_DIR, help="split folder")
+    parser.add_argument(
+        "--num-labels",
+        type=int,
+        nargs="+",
+        default=list(SPLIT_LABELS),
+        help="with --write-splits: labeled counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(SPLIT_SEEDS),
+        help="with --write-splits: seeds (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.write_splits:
-            for path in write_fashion_splits(args.txt_dir):
+            paths = write_fashion_splits(
+                args.txt_dir, labels=tuple(args.num_labels), seeds=tuple(args.seeds)
+            )
+            for path in paths:
                 print(f"wrote {path}")
         else:
             ensure_fashion_scenes(args.root, args.asset)

@@ -530,7 +530,11 @@ BAD_INPUTS = [
     (
         "missing_pretrained",
         "mix_label",
-        ["Network.pretrained=/nonexistent.pth", "Network.random_init=false"],
+        [
+            "Network.pretrained=/nonexistent.pth",
+            "Network.random_init=false",
+            "Network.base_width=64",
+        ],
         "previous",
         ["/nonexistent.pth"],
         True,

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dataset import fashion_scenes as fs
+from dataset.splits import draw_split
 from tools.build_demo_assets import FMNIST_DIR, read_idx
 from tools.demo_contact_sheet import colour_label, contact_sheet
 
@@ -364,6 +365,20 @@ def test_shipped_splits_are_reproduced_byte_for_byte(tmp_path: Path) -> None:
         assert len(split["labeled"]) == num_labels
         assert sorted(split["labeled"] + split["unlabeled"]) == fs.scene_ids("train", 2000)
         assert split["valid"] == fs.scene_ids("val", 300)
+
+
+def test_write_other_label_counts_and_seeds(tmp_path: Path) -> None:
+    args = ["--write-splits", "--txt-dir", str(tmp_path), "--num-labels", "1000", "--seeds", "5"]
+    assert fs.main(args) == 0
+    assert tree_files(tmp_path) == [
+        f"1000/5/{k}_filename.txt" for k in ("labeled", "unlabeled", "valid")
+    ]
+    labeled = (tmp_path / "1000" / "5" / "labeled_filename.txt").read_text().split()
+    unlabeled = (tmp_path / "1000" / "5" / "unlabeled_filename.txt").read_text().split()
+    assert labeled == draw_split(fs.scene_ids("train", 2000), 1000, 5)[0]
+    assert sorted(labeled + unlabeled) == fs.scene_ids("train", 2000)
+    # a count above the pool is one line naming the value, exit 2
+    assert fs.main(["--write-splits", "--txt-dir", str(tmp_path), "--num-labels", "2001"]) == 2
 
 
 def test_contact_sheet(small_root: Path) -> None:
