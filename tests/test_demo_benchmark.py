@@ -139,6 +139,11 @@ def test_finished_runs_are_skipped_and_commands_carry_overrides(runs_dir, monkey
     assert cmd[cmd.index("--work-dir") + 1] == str(runs_dir / "cross_label_125_3407")
     assert cmd[cmd.index("--config") + 1] == str(config)
     assert cmd[-2:] == ["Dataset.num_labels=125", "Seed=3407"]
+    # --set overrides go to every run, before the run's own label count and seed
+    calls.clear()
+    db.run_all(keys(methods=("cross_label",)), runs_dir, config, 1, ("Dataset.txt_dir=x",))
+    assert len(calls) == 6 and all(c[-3:-2] == ["Dataset.txt_dir=x"] for c in calls)
+    assert db.parse_args(["--set", "A.b=1", "C.d=2"]).set == ["A.b=1", "C.d=2"]
 
 
 def test_failed_run_is_reported_and_interrupt_stops(runs_dir, monkeypatch):

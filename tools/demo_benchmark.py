@@ -3,7 +3,8 @@
     python tools/demo_benchmark.py [--methods supervised ori_pseudo mix_label cross_label]
                                    [--labels 125 250] [--seeds 3407 1 2]
                                    [--config configs/demo.yaml] [--runs-dir runs/demo_benchmark]
-                                   [--out docs] [--jobs 1] [--only-report]
+                                   [--out docs] [--jobs 1] [--set Section.key=value ...]
+                                   [--only-report]
 
 Each run is a subprocess of its entry script (``python mix_label.py --work-dir
 runs/demo_benchmark/mix_label_125_3407 Dataset.num_labels=125 Seed=3407``), one after the
@@ -87,8 +88,10 @@ def is_done(runs_dir: Path, key: RunKey) -> bool:
     return (runs_dir / key.name / "summary.json").is_file()
 
 
-def run_command(key: RunKey, runs_dir: Path, config: Path) -> list[str]:
-    """The entry-script command line of one run."""
+def run_command(
+    key: RunKey, runs_dir: Path, config: Path, overrides: tuple[str, ...] = ()
+) -> list[str]:
+    """The entry-script command line of one run; ``overrides`` come before the run's own."""
     return [
         sys.executable,
         str(REPO / f"{key.method}.py"),
@@ -96,6 +99,7 @@ def run_command(key: RunKey, runs_dir: Path, config: Path) -> list[str]:
         str(config),
         "--work-dir",
         str(runs_dir / key.name),
+        *overrides,
         f"Dataset.num_labels={key.labels}",
         f"Seed={key.seed}",
     ]
@@ -109,7 +113,13 @@ def run_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def run_all(keys: list[RunKey], runs_dir: Path, config: Path, jobs: int = 1) -> list[RunKey]:
+def run_all(
+    keys: list[RunKey],
+    runs_dir: Path,
+    config: Path,
+    jobs: int = 1,
+    overrides: tuple[str, ...] = (),
+) -> list[RunKey]:
     """Run the pending runs, ``jobs`` at a time (1: one after the other); return the failed."""
     pending = [k for k in keys if not is_done(runs_dir, k)]
     print(f"{len(keys) - len(pending)} of {len(keys)} runs done, {len(pending)} to run")
@@ -118,7 +128,8 @@ def run_all(keys: list[RunKey], runs_dir: Path, config: Path, jobs: int = 1) -> 
     def one(key: RunKey) -> int:
         t0 = time.time()
         print(f"start {key.name}", flush=True)
-        rc = subprocess.run(run_command(key, runs_dir, config), cwd=REPO, env=env).returncode
+        cmd = run_command(key, runs_dir, config, overrides)
+        rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
         print(f"done  {key.name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
         return rc
 
@@ -362,6 +373,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="runs at a time, each with cores/jobs threads (results do not depend on it)",
     )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="Section.key=value",
+        help="config overrides for every run (e.g. Dataset.txt_dir=runs/other_splits)",
+    )
     p.add_argument("--only-report", action="store_true", help="aggregate existing runs only")
     return p.parse_args(argv)
 
@@ -369,7 +387,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = plan(args.methods, args.labels, args.seeds)
-    failed = [] if args.only_report else run_all(keys, args.runs_dir, args.config, args.jobs)
+    failed = (
+        []
+        if args.only_report
+        else run_all(keys, args.runs_dir, args.config, args.jobs, tuple(args.set))
+    )
     for path in report(args.runs_dir, keys, args.methods, args.labels, args.out):
         print(f"wrote {path}")
     if failed:
