@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.transforms import normalize  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.engine import DEFAULT_CONFIG, STRATEGY_NAMES, build_run, train_step  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -88,11 +87,8 @@ def network_only(run, batch_l: dict, batch_u: dict | None, timer: PhaseTimer) ->
     """The student forward / backward and the teacher forward of a step, nothing else."""
     dev = run.device
     autocast = torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
-    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
-    img_l = normalize(batch_l["img"].to(dev)).contiguous(memory_format=fmt)
-    img_u = None
-    if batch_u is not None:
-        img_u = normalize(batch_u["img"].to(dev)).contiguous(memory_format=fmt)
+    img_l = run.model_input(batch_l["img"].to(dev))
+    img_u = run.model_input(batch_u["img"].to(dev)) if batch_u is not None else None
     with timer("network"):
         if img_u is not None:
             with torch.no_grad(), autocast:

@@ -153,6 +153,11 @@ class Run:
     def wall_seconds(self) -> float:
         return self.seconds_before + time.time() - self.started
 
+    def model_input(self, img01: torch.Tensor) -> torch.Tensor:
+        """A [0, 1] batch as the networks take it: normalised, in their memory format."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return normalize(img01).contiguous(memory_format=fmt)
+
 
 class TwoBatchForward(nn.Module):
     """Student forward on the labeled and the unlabeled batch inside ONE module call, so that
@@ -362,8 +367,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
     """
     cfg, dev, loss_cfg = run.cfg, run.device, run.cfg["Loss"]
     epoch = run.iteration // run.iters_per_epoch
-    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
-    img_l = normalize(batch_l["img"].to(dev, non_blocking=True)).contiguous(memory_format=fmt)
+    img_l = run.model_input(batch_l["img"].to(dev, non_blocking=True))
     y_l = batch_l["label"].to(dev, non_blocking=True)
     size = tuple(img_l.shape[-2:])
     autocast = torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
@@ -375,7 +379,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
             with autocast:
                 if cfg["Training"]["teacher_on_labeled"]:
                     run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
-                logits_t, rep_t = run.teacher(normalize(img_u01).contiguous(memory_format=fmt))
+                logits_t, rep_t = run.teacher(run.model_input(img_u01))
             t = teacher_predictions(
                 logits_t,
                 rep_t,
@@ -387,7 +391,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
             pl = make_pseudo_labels(run.strategy, t, epoch, loss_cfg["warm_up"])
         with phase("augment"), torch.no_grad():
             img_aug, maps = augment_unlabeled(run, img_u01, pl)
-            img_u_s = normalize(img_aug).contiguous(memory_format=fmt)
+            img_u_s = run.model_input(img_aug)
         if pl.agreement is not None:
             stats["agreement"] = pl.agreement
     with phase("student_forward"), autocast:
