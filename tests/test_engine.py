@@ -12,6 +12,7 @@ weights from an uninterrupted run, one rank's state from the other's.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from PIL import Image
 
 from dataset.fashion_scenes import FASHION_CLASSES
 from utils.config import load_config
-from utils.engine import DEFAULT_CONFIG, check_finite
+from utils.engine import DEFAULT_CONFIG, MODEL_KEYS, check_finite, check_resume_compatible
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +222,20 @@ def plain_eval(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 # ------------------------------------------------------------------------------ non-finite
+
+
+def test_checkpoint_config_lacking_a_model_key_is_refused_by_name() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    assert {"Network.base_width", "Network.decoder_channels"} <= set(MODEL_KEYS)
+    check_resume_compatible(copy.deepcopy(cfg), cfg, Path("ok.pth"), MODEL_KEYS)
+    old = copy.deepcopy(cfg)  # a checkpoint written before the width keys existed
+    del old["Network"]["base_width"], old["Network"]["decoder_channels"]
+    with pytest.raises(UserError) as err:
+        check_resume_compatible(old, cfg, Path("old.pth"), MODEL_KEYS)
+    message = str(err.value)
+    assert "old.pth" in message and "\n" not in message
+    assert "Network.base_width (None -> 16)" in message
+    assert "Network.decoder_channels (None -> 64)" in message
 
 
 def test_check_finite_names_iteration_and_every_term() -> None:
@@ -526,6 +541,14 @@ BAD_INPUTS = [
         ["latest.pth", "Network.backbone", "Network.rep_dim"],
         False,
     ),
+    (
+        "other_width_latest",
+        "mix_label",
+        ["Network.base_width=8", "Network.decoder_channels=32"],
+        "previous",
+        ["latest.pth", "Network.base_width", "Network.decoder_channels"],
+        False,
+    ),
     ("other_strategy_latest", "ori_pseudo", [], "previous", ["latest.pth", "mix_label"], False),
     (
         "missing_pretrained",
@@ -535,7 +558,7 @@ BAD_INPUTS = [
             "Network.random_init=false",
             "Network.base_width=64",
         ],
-        "previous",
+        "new",  # a new run: the previous one has another width, refused before the weights
         ["/nonexistent.pth"],
         True,
     ),

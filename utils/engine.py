@@ -51,6 +51,8 @@ MODEL_KEYS = (
     "Network.num_class",
     "Network.output_stride",
     "Network.rep_dim",
+    "Network.base_width",
+    "Network.decoder_channels",
     "Dataset.name",
 )
 # Keys that must not change when a run is resumed.
@@ -85,8 +87,11 @@ def default_work_dir(cfg: dict, strategy: str) -> Path:
 
 
 def _get(cfg: dict, dotted: str) -> Any:
+    """The value at ``Section.key``; None where a (older) config lacks it."""
     node = cfg
     for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
         node = node[part]
     return node
 
