@@ -5,7 +5,7 @@ loss, representation-space labels drive the unsupervised loss after Loss.warm_up
     torchrun --nproc_per_node=4 cross_label.py --config configs/voc.yaml
 """
 
-from utils.engine import entry
+from engine.cli import entry
 
 if __name__ == "__main__":
     entry("cross_label")

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import torch
 
-from dataset.build import build_datasets, class_names
-from utils.checkpoint import load_checkpoint
-from utils.config import EVAL_MODES, load_config
-from utils.dist import init_distributed, is_dist, is_main_process
-from utils.engine import (
-    DEFAULT_CONFIG,
+from engine.config import DEFAULT_CONFIG, load_config
+from engine.data import build_datasets, class_names
+from engine.evaluation import EVAL_MODES, evaluate, format_table
+from engine.run import (
     MODEL_KEYS,
     amp_dtype_for,
-    build_network,
+    build_network_for_eval,
     check_resume_compatible,
+    result_model_key,
 )
+from utils.checkpoint import load_checkpoint
+from utils.dist import init_distributed, is_dist, is_main_process
 from utils.errors import UserError
-from utils.evaluation import evaluate, format_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         device, _, _ = init_distributed()
         which = args.model
         if which == "auto":
-            which = "student" if state.get("strategy") == "supervised" else "teacher"
+            which = result_model_key(state)
         model = build_network_for_eval(cfg).to(device)
         model.load_state_dict(state[which])
         mode = args.mode or cfg["Training"]["eval_mode"]
@@ -119,12 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0
-
-
-def build_network_for_eval(cfg: dict) -> torch.nn.Module:
-    """The architecture of the config, without loading ImageNet weights (the checkpoint has all)."""
-    cfg = {**cfg, "Network": {**cfg["Network"], "pretrained": ""}}
-    return build_network(cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ ignored where they disagree (CSS, ICCV 2023).
     torchrun --nproc_per_node=4 mix_label.py --config configs/voc.yaml
 """
 
-from utils.engine import entry
+from engine.cli import entry
 
 if __name__ == "__main__":
     entry("mix_label")

@@ -5,7 +5,7 @@ prototype contrastive loss (hard anchors from the student's softmax).
     torchrun --nproc_per_node=4 ori_pseudo.py --config configs/voc.yaml
 """
 
-from utils.engine import entry
+from engine.cli import entry
 
 if __name__ == "__main__":
     entry("ori_pseudo")

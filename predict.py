@@ -18,11 +18,11 @@ from PIL import Image
 from dataset.base import read_image
 from dataset.palette import voc_palette
 from dataset.transforms import normalize
-from evaluate import build_network_for_eval
+from engine.config import validate
+from engine.evaluation import EVAL_MODES, predict
+from engine.run import build_network_for_eval, result_model_key
 from utils.checkpoint import load_checkpoint
-from utils.config import EVAL_MODES, validate
 from utils.errors import UserError
-from utils.evaluation import predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         files = list_inputs(Path(args.input))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = build_network_for_eval(cfg).to(device).eval()
-        model.load_state_dict(
-            state["student" if state.get("strategy") == "supervised" else "teacher"]
-        )
+        model.load_state_dict(state[result_model_key(state)])
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         palette = voc_palette()

@@ -4,7 +4,7 @@ python supervised.py [--config configs/voc.yaml] [--work-dir DIR] [--fresh] [Sec
 torchrun --nproc_per_node=4 supervised.py --config configs/voc.yaml
 """
 
-from utils.engine import entry
+from engine.cli import entry
 
 if __name__ == "__main__":
     entry("supervised")

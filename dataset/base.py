@@ -21,11 +21,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dataset.transforms import IGNORE_INDEX, labeled_transform, unlabeled_transform
+from dataset.transforms import labeled_transform, unlabeled_transform
 from utils.errors import UserError
+from utils.labels import IGNORE_INDEX, IGNORE_VALUE
 
 MODES = ("labeled", "unlabeled", "valid")
-IGNORE_VALUE = 255  # ignore label on disk
 
 
 def _read_array(path: Path, what: str, rgb: bool) -> np.ndarray:

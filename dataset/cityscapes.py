@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.base import IGNORE_VALUE, SegDataset
+from dataset.base import SegDataset
 from utils.errors import UserError
+from utils.labels import IGNORE_VALUE
 
 CITYSCAPES_CLASSES = (
     "road",

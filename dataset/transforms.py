@@ -19,9 +19,10 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from utils.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = -1
 
 JITTER_PROB = 0.8
 JITTER_RANGE = (0.75, 1.25)  # brightness, contrast, saturation factors

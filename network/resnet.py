@@ -9,13 +9,11 @@ whose stride is replaced by dilation ``d``, the 3x3 conv that had stride 2 gets 
 
 from __future__ import annotations
 
-import os
-
-import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
+from utils.checkpoint import read_state_dict
 from utils.errors import UserError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
@@ -39,7 +37,6 @@ _V1C_STEM = {
     "stem.6.": "conv1.6.",
     "stem.7.": "bn1.",
 }
-_WRAPPER_KEYS = ("state_dict", "model")
 _KEY_PREFIXES = ("module.", "backbone.")
 
 
@@ -183,7 +180,7 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     ``backbone.`` are removed; keys the backbone lacks (``fc.*``) are ignored. A missing or
     unreadable file, a missing backbone key or a shape mismatch raises ``UserError``.
     """
-    state = _backbone_layout(_read_state_dict(path))
+    state = _backbone_layout(read_state_dict(path))
     expected = backbone.state_dict()
     problems = _mismatches(state, expected)
     if problems:
@@ -193,31 +190,6 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
             f"{path}: weights do not fit backbone {arch}: {'; '.join(problems[:3])}{more}"
         )
     backbone.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)
-
-
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    """Read a checkpoint file and return its (unwrapped) dict of tensors."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: backbone weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unpickling / zip / format failure
-        raise UserError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})"
-        ) from None
-    while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _WRAPPER_KEYS):
-        obj = next(obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict))
-    if not isinstance(obj, dict) or not obj:
-        raise UserError(
-            f"{path}: expected a state dict (dict of tensors), got {type(obj).__name__}"
-        )
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise UserError(
-                f"{path}: expected a state dict (dict of tensors), entry {key!r} is a "
-                f"{type(value).__name__}"
-            )
-    return obj
 
 
 def _backbone_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:

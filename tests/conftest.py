@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset.fashion_scenes import ensure_fashion_scenes
 from dataset.splits import draw_split, read_ids, write_split
+from demo.fashion_scenes import ensure_fashion_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny split of the end-to-end tests: labeled / unlabeled drawn from the first

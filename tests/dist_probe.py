@@ -4,7 +4,7 @@
         mix_label.py --work-dir DIR [Section.key=value ...]
 
 The entry script runs unchanged (``runpy``, as ``__main__``, with its own command line). The
-only addition is a wrapper around ``utils.engine.train`` that keeps a reference to the
+only addition is a wrapper around ``engine.loop.train`` that keeps a reference to the
 ``Run`` it trained; when the script exits, each process writes ``PROBE_DIR/rank<r>.pt`` with
 its own student and teacher state dicts (parameters and buffers), prototypes and iteration
 counter, so that the test can compare the processes bitwise. Exits with the script's status.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from utils import engine
+from engine import loop
+from engine.run import Run
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -28,14 +29,14 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str]) -> int:
     probe_dir, script, script_args = Path(argv[0]), argv[1], argv[2:]
-    captured: dict[str, engine.Run] = {}
-    real_train = engine.train
+    captured: dict[str, Run] = {}
+    real_train = loop.train
 
-    def train_and_keep(run: engine.Run, work_dir: Path) -> dict:
+    def train_and_keep(run: Run, work_dir: Path) -> dict:
         captured["run"] = run
         return real_train(run, work_dir)
 
-    engine.train = train_and_keep
+    loop.train = train_and_keep
     sys.argv = [script, *script_args]
     try:
         runpy.run_path(script, run_name="__main__")

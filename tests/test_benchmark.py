@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.config import load_config
 from tools.benchmark import benchmark, synthetic_batch
-from utils.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

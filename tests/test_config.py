@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import SCHEMA, Key, apply_overrides, load_config, validate
+from engine.config import SCHEMA, Key, apply_overrides, load_config, validate
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_override_validated_like_yaml():
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "utils.config", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "engine.config", *args], cwd=ROOT, capture_output=True, text=True
     )
 
 

@@ -32,9 +32,10 @@ import torch
 import yaml
 from PIL import Image
 
-from dataset.fashion_scenes import FASHION_CLASSES
-from utils.config import load_config
-from utils.engine import DEFAULT_CONFIG, MODEL_KEYS, check_finite, check_resume_compatible
+from demo.fashion_scenes import FASHION_CLASSES
+from engine.config import DEFAULT_CONFIG, load_config
+from engine.loop import check_finite
+from engine.run import MODEL_KEYS, check_resume_compatible
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -595,7 +596,7 @@ def test_bad_input_exits_2_and_changes_nothing(
     if as_process:
         proc = python([f"{strategy}.py", *argv], timeout=120)
     else:
-        from utils import engine
+        from engine import cli as engine
 
         proc = in_process(engine, [strategy, argv], capsys, monkeypatch)
     check_one_line_error(proc, *names)
@@ -697,9 +698,9 @@ def test_sharded_evaluation_equals_single_process(
 
 @pytest.mark.slow
 def test_predict_file_and_folder(runs: dict, fashion_root: Path, tmp_path: Path) -> None:
-    from evaluate import build_network_for_eval
+    from engine.evaluation import predict
+    from engine.run import build_network_for_eval
     from utils.checkpoint import load_checkpoint
-    from utils.evaluation import predict
 
     ckpt = runs["mix_label"].dir / "latest.pth"
     one = fashion_root / "JPEGImages" / "val_00000.jpg"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import fashion_scenes as fs
 from dataset.splits import draw_split
+from demo import fashion_scenes as fs
 from tools.build_demo_assets import FMNIST_DIR, read_idx
 from tools.demo_contact_sheet import colour_label, contact_sheet
 
@@ -338,7 +338,7 @@ def test_losing_the_rename_race_keeps_the_winner(small_root: Path, tmp_path: Pat
 
 def test_two_processes_started_together(tmp_path: Path) -> None:
     root = tmp_path / "FashionScenes"
-    code = f"from dataset.fashion_scenes import ensure_fashion_scenes as e; e({str(root)!r}, num_train=8, num_val=4)"
+    code = f"from demo.fashion_scenes import ensure_fashion_scenes as e; e({str(root)!r}, num_train=8, num_val=4)"
     env = {**os.environ, "RANK": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]

@@ -26,10 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.config import load_config  # noqa: E402
-from utils.engine import DEFAULT_CONFIG, STRATEGY_NAMES, build_run, train_step  # noqa: E402
+from engine.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from engine.run import build_run  # noqa: E402
+from engine.step import train_step  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.sampler import step_seed  # noqa: E402
+from utils.strategies import STRATEGIES, get_strategy  # noqa: E402
 
 
 class PhaseTimer:
@@ -86,7 +88,7 @@ def synthetic_batch(cfg: dict, generator: torch.Generator, labeled: bool) -> dic
 def network_only(run, batch_l: dict, batch_u: dict | None, timer: PhaseTimer) -> None:
     """The student forward / backward and the teacher forward of a step, nothing else."""
     dev = run.device
-    autocast = torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
+    autocast = run.autocast()
     img_l = run.model_input(batch_l["img"].to(dev))
     img_u = run.model_input(batch_u["img"].to(dev)) if batch_u is not None else None
     with timer("network"):
@@ -113,11 +115,11 @@ def benchmark(cfg: dict, strategy: str, iters: int, warmup: int, device: torch.d
     datasets = {
         k: SyntheticSet(cfg["Dataset"]["num_labels"]) for k in ("labeled", "unlabeled", "valid")
     }
-    run = build_run(cfg, strategy, device, 0, 1, datasets=datasets)
+    run = build_run(cfg, get_strategy(strategy), device, 0, 1, datasets=datasets)
     run.student.train()
     run.teacher.train()
     g = torch.Generator().manual_seed(cfg["Seed"])
-    semi = strategy != "supervised"
+    semi = run.strategy.semi_supervised
     steps, phases, nets = [], defaultdict(list), []
     for i in range(warmup + iters):
         batch_l = synthetic_batch(cfg, g, labeled=True)
@@ -164,7 +166,7 @@ def benchmark(cfg: dict, strategy: str, iters: int, warmup: int, device: torch.d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Time the training step phase by phase.")
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
-    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="mix_label")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="mix_label")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")

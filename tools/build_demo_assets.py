@@ -1,4 +1,4 @@
-"""Build ``dataset/assets/fashion_scenes.npz``, the raw material of the FashionScenes demo.
+"""Build ``demo/assets/fashion_scenes.npz``, the raw material of the FashionScenes demo.
 
 Not needed at run time: the asset file is committed. Rebuilding it needs the Debian
 package ``dataset-fashion-mnist`` (or the four Fashion-MNIST ``*-ubyte.gz`` files in
@@ -14,7 +14,7 @@ What goes in:
   docstrings declare them public domain or CC0 (see ``PHOTOS``). Train and validation
   scenes use disjoint photos.
 
-Usage: ``python -m tools.build_demo_assets [--out dataset/assets/fashion_scenes.npz]``
+Usage: ``python -m tools.build_demo_assets [--out demo/assets/fashion_scenes.npz]``
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ ITEMS_PER_CLASS_VAL = 40
 MIN_ITEM_COVER = 0.12  # fraction of the 28x28 frame above 0.25 of the item's max
 MIN_SOLIDITY = 0.75  # of the item's support (> 0.05 of max), the fraction above 0.25 of max
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dataset" / "assets" / "fashion_scenes.npz"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "demo" / "assets" / "fashion_scenes.npz"
 
 # (skimage.data function, split, licence as stated in its docstring, source)
 PHOTOS: tuple[tuple[str, str, str, str], ...] = (

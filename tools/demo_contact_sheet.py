@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dataset.fashion_scenes import (
+from dataset.palette import voc_palette
+from demo.fashion_scenes import (
     FASHION_CLASSES,
-    IGNORE,
     NUM_TRAIN,
     NUM_VAL,
     SCENE_SIZE,
     ensure_fashion_scenes,
     scene_ids,
-    voc_palette,
 )
 from utils.errors import UserError
+from utils.labels import IGNORE_VALUE
 
 GAP = 4
 LEGEND_ROW = 14
@@ -33,7 +33,7 @@ LEGEND_ROW = 14
 def colour_label(label: np.ndarray) -> np.ndarray:
     """H x W label -> H x W x 3 uint8 in the VOC palette, ignore drawn white."""
     palette = np.asarray(voc_palette(), np.uint8).reshape(256, 3).copy()
-    palette[IGNORE] = 255
+    palette[IGNORE_VALUE] = 255
     return palette[label]
 
 

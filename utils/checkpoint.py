@@ -1,4 +1,4 @@
-"""Atomic, safely loaded checkpoints."""
+"""Checkpoint files: atomic writes, safe loads (``weights_only``), weights files of other layouts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from utils.errors import UserError
 
-# Keys every training checkpoint holds (see utils/engine.py: make_checkpoint).
+# Keys every training checkpoint holds (see engine/run.py: make_checkpoint).
 REQUIRED_KEYS = ("student", "teacher", "prototypes", "optimizer", "iteration", "config")
 
 
@@ -51,3 +51,33 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     if missing:
         raise UserError(f"{path} is not a training checkpoint (missing {', '.join(missing)})")
     return state
+
+
+# Wrappers around a state dict in other projects' checkpoint files ({"state_dict": ...}).
+_WRAPPER_KEYS = ("state_dict", "model")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file (``weights_only=True``) and return its dict of tensors, unwrapped
+    from ``{"state_dict": ...}`` / ``{"model": ...}``. Bad input is a one-line ``UserError``."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: backbone weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unpickling / zip / format failure
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})"
+        ) from None
+    while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _WRAPPER_KEYS):
+        obj = next(obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict))
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(
+            f"{path}: expected a state dict (dict of tensors), got {type(obj).__name__}"
+        )
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"{path}: expected a state dict (dict of tensors), entry {key!r} is a "
+                f"{type(value).__name__}"
+            )
+    return obj

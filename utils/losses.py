@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -1
+from utils.labels import IGNORE_INDEX
+
+SUP_LOSSES = ("ce", "ohem")  # Loss.sup_loss: plain CE, or OHEM (Cityscapes)
 
 
 def pixel_ce(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel cross-entropy ``[B,H,W]`` in float32; ignored pixels give exactly 0."""
-    return F.cross_entropy(pred.float(), y, ignore_index=IGNORE, reduction="none")
+    return F.cross_entropy(pred.float(), y, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -25,14 +27,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def sup_ce(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over pixels whose label is not ignored."""
-    return masked_mean(pixel_ce(pred, y), y != IGNORE)
+    return masked_mean(pixel_ce(pred, y), y != IGNORE_INDEX)
 
 
 def true_class_prob(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the labelled class per pixel ``[B,H,W]`` (no grad; 0 if ignored)."""
     prob = torch.softmax(pred.detach().float(), dim=1)
     p_true = prob.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1)
-    return torch.where(y != IGNORE, p_true, torch.zeros_like(p_true))
+    return torch.where(y != IGNORE_INDEX, p_true, torch.zeros_like(p_true))
 
 
 def ohem_ce(
@@ -45,7 +47,7 @@ def ohem_ce(
     probability among valid pixels: at least ``min_kept`` hardest pixels are kept. With fewer
     than ``min_kept`` valid pixels every valid pixel is kept. Mean CE over the kept pixels.
     """
-    valid = y != IGNORE
+    valid = y != IGNORE_INDEX
     p_true = true_class_prob(pred, y)
     threshold = torch.full((), thresh, device=pred.device)
     if min_kept > 0:
@@ -68,7 +70,7 @@ def image_weights(
     includes pixels whose label is ignored, so the weight can exceed 1. An image without any
     valid pixel gets weight 0.
     """
-    valid = (y != IGNORE).flatten(1)
+    valid = (y != IGNORE_INDEX).flatten(1)
     confident = (conf >= un_threshold).flatten(1)
     if not count_ignored:
         confident = confident & valid

@@ -1,21 +1,23 @@
-"""Pseudo-label strategies (SPEC section 5): pure functions of the teacher's predictions.
+"""Pseudo-label strategies (SPEC section 5): one registry of :class:`Strategy` records.
 
-A strategy turns :class:`TeacherPredictions` into :class:`PseudoLabels`, the targets and
-confidences of the unsupervised CE and of the contrastive branch. ``supervised`` is the
-baseline without pseudo-labels (its function is ``None``).
+A strategy's pure function turns :class:`TeacherPredictions` into :class:`PseudoLabels`, the
+targets and confidences of the unsupervised CE and of the contrastive branch; its record says
+what else the step needs to know about it (rep-space predictions, the hard-anchor indicator,
+the contrastive ramp, which network is the result). ``supervised`` is the baseline without
+pseudo-labels. Adding a strategy = one pure function + one record in ``STRATEGIES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from utils.labels import IGNORE_INDEX
 from utils.prototypes import proto_similarity
-
-IGNORE = -1
 
 
 @dataclass
@@ -36,7 +38,6 @@ class PseudoLabels:
     conf_u: torch.Tensor  # confidences for the unsupervised per-image weight
     y_con: torch.Tensor  # contrastive classes of unlabeled pixels, -1 = ignore
     conf_con: torch.Tensor  # confidences compared with weak_threshold
-    use_rep_indicator: bool  # hard anchors from rep-space probabilities (else student softmax)
     agreement: torch.Tensor | None = None  # fraction of pixels where y_cls == y_rep
 
 
@@ -85,72 +86,85 @@ def _require_rep(t: TeacherPredictions, name: str) -> tuple[torch.Tensor, torch.
     return t.y_rep, t.conf_rep
 
 
-def ori_pseudo(t: TeacherPredictions) -> PseudoLabels:
+def ori_pseudo(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
     """Baseline: the logit-space pseudo-label and confidence everywhere."""
     return PseudoLabels(
-        y_u=t.y_cls,
-        conf_u=t.conf_cls,
-        y_con=t.y_cls,
-        conf_con=t.conf_cls,
-        use_rep_indicator=False,
-        agreement=agreement(t),
+        y_u=t.y_cls, conf_u=t.conf_cls, y_con=t.y_cls, conf_con=t.conf_cls, agreement=agreement(t)
     )
 
 
-def mix_label(t: TeacherPredictions) -> PseudoLabels:
+def mix_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
     """Keep ``y_cls`` where the two spaces agree, ignore elsewhere; confidences from logits."""
     y_rep, _ = _require_rep(t, "mix_label")
-    y_mix = torch.where(t.y_cls == y_rep, t.y_cls, torch.full_like(t.y_cls, IGNORE))
+    y_mix = torch.where(t.y_cls == y_rep, t.y_cls, torch.full_like(t.y_cls, IGNORE_INDEX))
     return PseudoLabels(
-        y_u=y_mix,
-        conf_u=t.conf_cls,
-        y_con=y_mix,
-        conf_con=t.conf_cls,
-        use_rep_indicator=True,
-        agreement=agreement(t),
+        y_u=y_mix, conf_u=t.conf_cls, y_con=y_mix, conf_con=t.conf_cls, agreement=agreement(t)
     )
 
 
-def cross_label(t: TeacherPredictions, epoch: int, warm_up: int) -> PseudoLabels:
+def cross_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
     """Each space supervises the other.
 
     Contrastive branch: ``y_cls`` / ``conf_cls``. Unsupervised CE: ``y_rep`` / ``conf_rep``
-    from epoch ``warm_up`` on, ``y_cls`` / ``conf_cls`` before.
+    from epoch ``loss["warm_up"]`` on, ``y_cls`` / ``conf_cls`` before.
     """
     y_rep, conf_rep = _require_rep(t, "cross_label")
-    warm = epoch < warm_up
+    warm = epoch < loss["warm_up"]
     return PseudoLabels(
         y_u=t.y_cls if warm else y_rep,
         conf_u=t.conf_cls if warm else conf_rep,
         y_con=t.y_cls,
         conf_con=t.conf_cls,
-        use_rep_indicator=True,
         agreement=agreement(t),
     )
 
 
-STRATEGIES: dict[str, Callable[..., PseudoLabels] | None] = {
-    "supervised": None,
-    "ori_pseudo": ori_pseudo,
-    "mix_label": mix_label,
-    "cross_label": cross_label,
+PseudoLabelFn = Callable[[TeacherPredictions, int, Mapping[str, Any]], PseudoLabels]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What the training step needs to know about a strategy.
+
+    ``pseudo_labels(t, epoch, loss)``: the pure pseudo-label function (``loss`` is the
+    config's ``Loss`` section); ``None`` for the supervised baseline, which uses no unlabeled
+    data. ``needs_rep``: the teacher's rep-space predictions are computed. ``use_rep_indicator``:
+    hard anchors are chosen with the student's rep-space probabilities (else its softmax).
+    ``ramps_contrast``: the contrastive weight follows the ramp-down (else it is 1).
+    ``evaluates``: the network that is evaluated, saved as the result and used by
+    ``evaluate.py`` / ``predict.py``.
+    """
+
+    name: str
+    pseudo_labels: PseudoLabelFn | None
+    needs_rep: bool = False
+    use_rep_indicator: bool = False
+    ramps_contrast: bool = False
+    evaluates: str = "teacher"
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.pseudo_labels is not None
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        # no teacher forward, so no teacher BN statistics: its student is the result
+        Strategy("supervised", None, evaluates="student"),
+        Strategy("ori_pseudo", ori_pseudo),
+        Strategy(
+            "mix_label", mix_label, needs_rep=True, use_rep_indicator=True, ramps_contrast=True
+        ),
+        Strategy(
+            "cross_label", cross_label, needs_rep=True, use_rep_indicator=True, ramps_contrast=True
+        ),
+    )
 }
 
 
-def needs_rep(name: str) -> bool:
-    """Whether strategy ``name`` needs the teacher's representation-space predictions."""
+def get_strategy(name: str) -> Strategy:
+    """The record of strategy ``name``; an unknown name raises ``ValueError`` listing them."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {sorted(STRATEGIES)}")
-    return name in ("mix_label", "cross_label")
-
-
-def make_pseudo_labels(
-    name: str, t: TeacherPredictions, epoch: int = 0, warm_up: int = 0
-) -> PseudoLabels:
-    """Dispatch to the strategy ``name`` (``cross_label`` also uses ``epoch`` and ``warm_up``)."""
-    if name == "cross_label":
-        return cross_label(t, epoch, warm_up)
-    fn = STRATEGIES.get(name)
-    if fn is None:
-        raise ValueError(f"strategy {name!r} has no pseudo-labels")
-    return fn(t)
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]

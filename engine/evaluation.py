@@ -18,7 +18,30 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.transforms import normalize
-from utils.dist import all_reduce_sum, get_rank, get_world_size, is_main_process
+from utils.dist import (
+    all_reduce_sum,
+    broadcast_,
+    get_rank,
+    get_world_size,
+    is_dist,
+    is_main_process,
+)
+
+EVAL_MODES = ("whole", "sliding", "crop")
+
+
+def sync_buffers(*models: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    Without SyncBatchNorm (CPU / gloo, or ``sync_bn: false``) each process updates them from
+    its own batches, so the shards of a distributed evaluation would run different models,
+    none of them the one rank 0 saves. Training is unaffected: both networks run in train
+    mode (batch statistics) and DDP broadcasts the student's buffers before each forward.
+    """
+    if is_dist():
+        for model in models:
+            for buf in model.buffers():
+                broadcast_(buf)
 
 
 class ConfusionMatrix:

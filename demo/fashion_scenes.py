@@ -1,4 +1,5 @@
-"""FashionScenes: the embedded demo dataset, generated on first use from a small asset file.
+"""FashionScenes generator: the embedded demo data, written in the VOC layout on first use from a
+small asset file (``demo/assets/fashion_scenes.npz``). It is read like VOC (``dataset.voc``).
 
 Each 96x96 scene is a crop of a real photo with 2-5 real Fashion-MNIST items pasted on it,
 resized (24-64 px) and tinted. Labels are honest per-pixel masks: 11 classes
@@ -34,7 +35,7 @@ On disk (VOC layout): ``JPEGImages/<id>.jpg`` (quality 95, no chroma subsampling
 {train,val}.txt``; ids ``train_00000``..., ``val_00000``.... Scene ``i`` of a split depends
 only on ``(GENERATOR_SEED, split, i)``, so a smaller set is a prefix of the full one.
 
-CLI: ``python -m dataset.fashion_scenes [--root DIR] [--write-splits [--txt-dir DIR]]``.
+CLI: ``python -m demo.fashion_scenes [--root DIR] [--write-splits [--txt-dir DIR]]``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tqdm import tqdm
 from dataset.palette import voc_palette
 from dataset.splits import draw_split, write_split
 from utils.errors import UserError
+from utils.labels import IGNORE_VALUE
 
 FASHION_CLASSES = (
     "background",
@@ -73,7 +75,6 @@ FASHION_CLASSES = (
     "ankle boot",
 )
 FASHION_NUM_CLASSES = len(FASHION_CLASSES)  # 11
-IGNORE = 255
 
 GENERATOR_VERSION = "fashion_scenes-v1"
 GENERATOR_SEED = 7781
@@ -95,7 +96,7 @@ SPLIT_LABELS = (125, 250)  # 1/16 and 1/8 of NUM_TRAIN
 SPLIT_SEEDS = (3407, 1, 2)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ASSET = REPO_ROOT / "dataset" / "assets" / "fashion_scenes.npz"
+DEFAULT_ASSET = REPO_ROOT / "demo" / "assets" / "fashion_scenes.npz"
 DEFAULT_TXT_DIR = REPO_ROOT / "FashionScenes_split"
 SPLITS = ("train", "val")
 ASSET_KEYS = (
@@ -195,7 +196,7 @@ def paste_item(
     canvas[window] = composite(canvas[window], intensity, mask, colour)
     band = boundary_band(mask)
     label[window][mask] = cls
-    label[window][band] = IGNORE
+    label[window][band] = IGNORE_VALUE
 
 
 # ---------------------------------------------------------------------------- one scene

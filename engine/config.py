@@ -4,7 +4,7 @@ Every key of the schema below must be present, no other key may be, and every va
 checked for type and range. A problem stops with one line naming the key, the value and
 what was expected (``UserError``; the entry points print it and exit with status 2).
 
-    python -m utils.config configs/voc.yaml Dataset.num_labels=183 Seed=1
+    python -m engine.config configs/voc.yaml Dataset.num_labels=183 Seed=1
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 
 import yaml
 
+from dataset.batch_augment import MIX_MODES
+from engine.data import DATASETS
+from engine.evaluation import EVAL_MODES
+from network import BACKBONES
 from utils.errors import UserError
+from utils.losses import SUP_LOSSES
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
-DATASETS = ("voc", "cityscapes", "fashionscenes")
-# Size of the pool that labeled images are drawn from (VOC: the 10,582 train_aug ids).
-POOL_SIZE = {"voc": 10582, "cityscapes": 2975, "fashionscenes": 2000}
-MIX_MODES = ("cutmix", "cutout", "classmix", "none")
-EVAL_MODES = ("whole", "sliding", "crop")
-SUP_LOSSES = ("ce", "ohem")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"  # what the entry scripts run without --config
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def _check_relations(cfg: dict) -> None:
         )
     if net["pretrained"] and net["base_width"] != 64:
         raise _fail("Network.base_width", net["base_width"], "64 when Network.pretrained is set")
-    pool = POOL_SIZE[data["name"]]
+    pool = DATASETS[data["name"]].pool_size
     if data["num_labels"] > pool:
         raise _fail(
             "Dataset.num_labels", data["num_labels"], f"<= {pool} (the {data['name']} pool)"
@@ -316,7 +316,7 @@ def dump_config(cfg: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m utils.config CONFIG [Section.key=value ...]")
+        print("usage: python -m engine.config CONFIG [Section.key=value ...]")
         return 0 if argv else 2
     try:
         cfg = load_config(argv[0], argv[1:])

@@ -1,0 +1,10 @@
+"""The training engine behind the entry scripts: entry scripts -> engine -> dataset, network, utils.
+
+- ``cli``: the command line, validation before anything is written, the training process;
+- ``config``: the strict YAML schema and overrides;
+- ``data``: the dataset registry, datasets of a config, loaders;
+- ``run``: the ``Run`` (networks, prototypes, optimiser), checkpoints and resume checks;
+- ``step``: the method, one training step;
+- ``loop``: the training loop, stop requests, metrics, evaluation schedule, final report;
+- ``evaluation``: confusion matrix and the validation protocols.
+"""

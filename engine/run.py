@@ -1,0 +1,269 @@
+"""One training run: the networks, prototypes and optimiser it holds, how they are built from a
+config, and how a run becomes a checkpoint and back (with the resume-compatibility check)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dataset.transforms import normalize
+from engine.data import build_datasets
+from network import build_model
+from utils.checkpoint import save_checkpoint
+from utils.dist import is_dist, is_main_process
+from utils.ema import make_teacher
+from utils.errors import UserError
+from utils.prototypes import Prototypes
+from utils.strategies import STRATEGIES, Strategy
+
+# Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
+MODEL_KEYS = (
+    "Network.backbone",
+    "Network.num_class",
+    "Network.output_stride",
+    "Network.rep_dim",
+    "Network.base_width",
+    "Network.decoder_channels",
+    "Dataset.name",
+)
+# Keys that must not change when a run is resumed.
+RESUME_FIXED = (
+    "Seed",
+    *MODEL_KEYS,
+    "Dataset.num_labels",
+    "Dataset.batch_size",
+    "Dataset.crop_size",
+)
+
+
+def config_value(cfg: dict, dotted: str) -> Any:
+    """The value at ``Section.key``; None where a (older) config lacks it."""
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_resume_compatible(
+    saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
+) -> None:
+    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error)."""
+    diff = [k for k in keys if config_value(saved, k) != config_value(cfg, k)]
+    if diff:
+        shown = ", ".join(
+            f"{k} ({config_value(saved, k)!r} -> {config_value(cfg, k)!r})" for k in diff
+        )
+        raise UserError(f"{path} was trained with another model or dataset: {shown}")
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; saved (minus the loaders) in a checkpoint."""
+
+    cfg: dict
+    strategy: Strategy
+    device: torch.device
+    rank: int
+    world: int
+    student: nn.Module  # model_without_ddp
+    forward: nn.Module  # TwoBatchForward, possibly wrapped in DDP / compiled
+    teacher: nn.Module
+    prototypes: Prototypes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    datasets: dict
+    iters_per_epoch: int
+    iteration: int = 0
+    best_miou: float = 0.0
+    history: list = field(default_factory=list)
+    channels_last: bool = False  # inputs in the networks' memory format (GPU only)
+    seconds_before: float = 0.0  # training time of earlier processes of this run (resume)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def epoch(self) -> int:
+        """Passes over the labeled loader so far (the unit of the ramp-down and the warm-up)."""
+        return self.iteration // self.iters_per_epoch
+
+    @property
+    def result_model(self) -> nn.Module:
+        """The network that is evaluated and is the run's result (the strategy says which)."""
+        return self.student if self.strategy.evaluates == "student" else self.teacher
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
+
+    def model_input(self, img01: torch.Tensor) -> torch.Tensor:
+        """A [0, 1] batch as the networks take it: normalised, in their memory format."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return normalize(img01).contiguous(memory_format=fmt)
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision around the forward passes (a no-op without ``amp_dtype``)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        )
+
+
+class TwoBatchForward(nn.Module):
+    """Student forward on the labeled and the unlabeled batch inside ONE module call, so that
+    DDP sees one forward per backward. ``joint`` concatenates them (BatchNorm statistics then
+    mix both batches); the paper runs them separately (the default)."""
+
+    def __init__(self, model: nn.Module, joint: bool) -> None:
+        super().__init__()
+        self.model, self.joint = model, joint
+
+    def forward(self, img_l: torch.Tensor, img_u: torch.Tensor | None):
+        if img_u is None:
+            return self.model(img_l), None
+        if self.joint:
+            pred, rep = self.model(torch.cat([img_l, img_u]))
+            b = img_l.shape[0]
+            return (pred[:b], rep[:b]), (pred[b:], rep[b:])
+        return self.model(img_l), self.model(img_u)
+
+
+def build_network(cfg: dict) -> nn.Module:
+    net = cfg["Network"]
+    return build_model(
+        net["backbone"],
+        net["num_class"],
+        net["output_stride"],
+        net["rep_dim"],
+        net["pretrained"] or None,
+        base_width=net["base_width"],
+        decoder_channels=net["decoder_channels"],
+    )
+
+
+def build_network_for_eval(cfg: dict) -> nn.Module:
+    """The architecture of the config, without loading ImageNet weights (the checkpoint has all)."""
+    cfg = {**cfg, "Network": {**cfg["Network"], "pretrained": ""}}
+    return build_network(cfg)
+
+
+def amp_dtype_for(cfg: dict, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or not cfg["Training"]["amp"]:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _wrap_student(student: nn.Module, cfg: dict, device: torch.device) -> nn.Module:
+    """The module the step calls: both student forwards in one call, in DDP when distributed,
+    compiled when asked."""
+    forward: nn.Module = TwoBatchForward(student, cfg["Training"]["joint_forward"])
+    if is_dist():
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg["Training"]["compile"]:
+        forward = torch.compile(forward)
+    return forward
+
+
+def build_run(
+    cfg: dict, strategy: Strategy, device: torch.device, rank: int, world: int, datasets=None
+) -> Run:
+    """Model, teacher, prototypes, optimiser; ``datasets`` default to the config's."""
+    datasets = build_datasets(cfg) if datasets is None else datasets
+    data = cfg["Dataset"]
+    per_rank = -(-len(datasets["labeled"]) // world)
+    if per_rank < data["batch_size"]:
+        raise UserError(
+            f"config key Dataset.batch_size: got {data['batch_size']}, expected <= {per_rank} "
+            f"(labeled images per process with {world} processes)"
+        )
+    torch.manual_seed(cfg["Seed"])  # identical initialisation on every process
+    student = build_network(cfg).to(device)
+    if is_dist() and device.type == "cuda" and cfg["Network"]["sync_bn"]:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    channels_last = device.type == "cuda" and cfg["Training"]["channels_last"]
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    teacher = make_teacher(student)
+    forward = _wrap_student(student, cfg, device)
+    opt = cfg["Optim"]
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=opt["lr"],
+        momentum=opt["momentum"],
+        weight_decay=opt["weight_decay"],
+        nesterov=opt["nesterov"],
+        foreach=True,
+    )
+    amp_dtype = amp_dtype_for(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    net = cfg["Network"]
+    protos = Prototypes(net["num_class"], net["rep_dim"], cfg["Loss"]["alpha"], device)
+    return Run(
+        cfg=cfg,
+        strategy=strategy,
+        device=device,
+        rank=rank,
+        world=world,
+        student=student,
+        forward=forward,
+        teacher=teacher,
+        prototypes=protos,
+        optimizer=optimizer,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        datasets=datasets,
+        iters_per_epoch=per_rank // data["batch_size"],
+        channels_last=channels_last,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpoint(run: Run) -> dict:
+    return {
+        "student": run.student.state_dict(),
+        "teacher": run.teacher.state_dict(),
+        "ema_step": run.iteration,
+        "prototypes": run.prototypes.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "iteration": run.iteration,
+        "epoch": run.epoch,
+        "best_miou": run.best_miou,
+        "history": run.history,
+        "wall_seconds": run.wall_seconds(),
+        "strategy": run.strategy.name,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": run.cfg,
+    }
+
+
+def restore(run: Run, state: dict) -> None:
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.prototypes.load_state_dict(state["prototypes"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.iteration = int(state["iteration"])
+    run.best_miou = float(state["best_miou"])
+    run.history = list(state["history"])
+    run.seconds_before = float(state.get("wall_seconds", 0.0))
+
+
+def result_model_key(state: dict) -> str:
+    """``"teacher"`` or ``"student"``: the checkpoint entry its strategy names as the result
+    (the teacher for a checkpoint that does not name its strategy)."""
+    strategy = STRATEGIES.get(state.get("strategy", ""))
+    return strategy.evaluates if strategy is not None else "teacher"
+
+
+def save(run: Run, work_dir: Path, name: str) -> None:
+    if is_main_process():
+        save_checkpoint(make_checkpoint(run), work_dir / name)

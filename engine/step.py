@@ -1,0 +1,230 @@
+"""The method: one training step (SPEC section 4), stage by stage, and the contrastive term.
+
+Data flows one way: batch -> teacher -> pseudo-labels -> augmented batch -> student ->
+losses -> update. A researcher who changes a loss term reads this module and ``utils/``
+(losses, contrastive loss, strategies); the loop around it lives in ``engine/loop.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dataset.batch_augment import strong_augment
+from engine.run import Run
+from utils.contrastive import prototype_contrastive_loss
+from utils.ema import ema_update
+from utils.labels import IGNORE_INDEX
+from utils.losses import ohem_ce, sup_ce, unsup_ce
+from utils.schedules import ramp_down
+from utils.strategies import PseudoLabels, teacher_predictions
+
+Tensor = torch.Tensor
+
+
+def no_timer(name: str) -> contextlib.AbstractContextManager:
+    """The default ``phase`` argument: no timing (the benchmark passes a timer)."""
+    return contextlib.nullcontext()
+
+
+@dataclass
+class UnlabeledBatch:
+    """The strongly augmented unlabeled batch and its pseudo-label maps, ready for the student."""
+
+    img: Tensor  # normalised, in the networks' memory format
+    maps: dict[str, Tensor]  # y_u, conf_u, y_con, conf_con (see PseudoLabels), augmented
+    agreement: Tensor | None  # fraction of pixels where the two spaces agree
+
+
+def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) -> dict:
+    """One optimiser step; returns the loss terms and diagnostics as 0-dim tensors.
+
+    ``phase(name)`` is a context manager around each stage (the benchmark times them).
+    """
+    img_l = run.model_input(batch_l["img"].to(run.device, non_blocking=True))
+    y_l = batch_l["label"].to(run.device, non_blocking=True)
+    unlabeled = None
+    if batch_u is not None:
+        unlabeled = pseudo_labeled_batch(run, batch_u, img_l, phase)
+    with phase("student_forward"), run.autocast():
+        (pred_l, rep_l), out_u = run.forward(img_l, unlabeled.img if unlabeled else None)
+    stats: dict[str, Tensor] = {}
+    if unlabeled is not None and unlabeled.agreement is not None:
+        stats["agreement"] = unlabeled.agreement
+    with phase("sup_loss"):
+        sup = supervised_loss(run, pred_l, y_l)
+    stats["sup"] = sup.detach()
+    if out_u is None:
+        # The supervised baseline does not use the representation head; a zero term keeps it
+        # in the graph so that DDP (which expects every parameter to get a gradient) is happy.
+        total = sup + rep_l.float().sum() * 0
+    else:
+        unsup, contrast, lam = unlabeled_losses(run, (pred_l, rep_l), y_l, out_u, unlabeled, phase)
+        total = sup + unsup + lam * contrast
+        stats.update(diagnostics(run, unsup, contrast, lam, unlabeled.maps))
+    stats["total"] = total.detach()
+    update(run, total, phase)
+    return stats
+
+
+# --------------------------------------------------------------------------- the teacher side
+
+
+def pseudo_labeled_batch(run: Run, batch_u: dict, img_l: Tensor, phase=no_timer) -> UnlabeledBatch:
+    """Teacher forward on the unlabeled batch, the strategy's pseudo-labels, strong augmentation."""
+    loss_cfg = run.cfg["Loss"]
+    with phase("teacher"), torch.no_grad():
+        img_u01 = batch_u["img"].to(run.device, non_blocking=True).float().div_(255)
+        with run.autocast():
+            if run.cfg["Training"]["teacher_on_labeled"]:
+                run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
+            logits_t, rep_t = run.teacher(run.model_input(img_u01))
+        t = teacher_predictions(
+            logits_t,
+            rep_t,
+            run.prototypes.proto,
+            loss_cfg["temp"],
+            tuple(img_l.shape[-2:]),
+            run.strategy.needs_rep,
+        )
+        pl = run.strategy.pseudo_labels(t, run.epoch, loss_cfg)
+    with phase("augment"), torch.no_grad():
+        img_aug, maps = augment_unlabeled(run, img_u01, pl)
+    return UnlabeledBatch(run.model_input(img_aug), maps, pl.agreement)
+
+
+def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tensor, dict]:
+    """Strong augmentation of the unlabeled batch and its per-pixel maps (each distinct map
+    once: most strategies use the same tensors for both branches)."""
+    named = {"y_u": pl.y_u, "conf_u": pl.conf_u, "y_con": pl.y_con, "conf_con": pl.conf_con}
+    unique: list[Tensor] = []
+    for t in named.values():
+        if not any(t is u for u in unique):
+            unique.append(t)
+    fills = [IGNORE_INDEX if t.dtype == torch.int64 else 0.0 for t in unique]
+    data = run.cfg["Dataset"]
+    img, out = strong_augment(
+        img_u01,
+        unique,
+        fills,
+        crop_size=tuple(data["crop_size"]),
+        scale_size=tuple(data["scale_size"]),
+        mix_mode=data["mix_mode"],
+        class_map=0,  # ClassMix chooses classes from y_u
+    )
+    index = {id(t): k for k, t in enumerate(unique)}
+    return img, {name: out[index[id(t)]] for name, t in named.items()}
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def supervised_loss(run: Run, pred_l: Tensor, y_l: Tensor) -> Tensor:
+    """CE (or OHEM) of the labeled logits, upsampled to the label size, against the labels."""
+    loss_cfg = run.cfg["Loss"]
+    pred = F.interpolate(pred_l.float(), size=y_l.shape[-2:], mode="bilinear", align_corners=True)
+    if loss_cfg["sup_loss"] == "ohem":
+        return ohem_ce(pred, y_l, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"] * len(y_l))
+    return sup_ce(pred, y_l)
+
+
+def unlabeled_losses(run: Run, out_l, y_l, out_u, unlabeled: UnlabeledBatch, phase=no_timer):
+    """``(unsup, contrast, lambda)``: the confidence-weighted CE against the pseudo-labels, the
+    prototype contrastive loss and its weight for this epoch."""
+    loss_cfg, maps = run.cfg["Loss"], unlabeled.maps
+    pred_u, rep_u = out_u
+    with phase("unsup_loss"):
+        pred_u_large = F.interpolate(
+            pred_u.float(), size=maps["y_u"].shape[-2:], mode="bilinear", align_corners=True
+        )
+        unsup = unsup_ce(
+            pred_u_large,
+            maps["y_u"],
+            maps["conf_u"],
+            loss_cfg["un_threshold"],
+            loss_cfg["weight_counts_ignored"],
+        )
+    contrast = contrastive_term(run, *out_l, y_l, pred_u, rep_u, maps, phase)
+    return unsup, contrast, contrastive_weight(run, run.epoch)
+
+
+def contrastive_weight(run: Run, epoch: int) -> float:
+    """lambda_t: 1 for strategies without the ramp, else the ramp-down of ``Ramp_Scheduler``."""
+    if not run.strategy.ramps_contrast:
+        return 1.0
+    r = run.cfg["Ramp_Scheduler"]
+    return ramp_down(
+        epoch, r["begin_epoch"], r["max_epoch"], r["max_value"], r["min_value"], r["ramp_mult"]
+    )
+
+
+def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest downsampling of a ``[B,H,W]`` map (labels, masks) to ``size``."""
+    return F.interpolate(x[:, None].float(), size=size, mode="nearest")[:, 0].to(x.dtype)
+
+
+def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, phase=no_timer) -> Tensor:
+    """Prototype update from this step's valid pixels, then the contrastive loss (SPEC 4.5).
+
+    Valid pixels: labeled pixels with a label, unlabeled pixels whose contrastive
+    pseudo-label is not ignored and whose confidence is >= weak_threshold; all maps are
+    downsampled (nearest) to the representation's 1/4 resolution.
+    """
+    loss_cfg = run.cfg["Loss"]
+    rep = torch.cat([rep_l, rep_u]).float()
+    size = tuple(rep.shape[-2:])
+    with phase("proto_update"), torch.no_grad():
+        y = torch.cat([downsample(y_l, size), downsample(maps["y_con"], size)])
+        weak = downsample(maps["conf_con"], size) >= loss_cfg["weak_threshold"]
+        valid = y >= 0
+        valid[y_l.shape[0] :] &= weak
+        if run.strategy.use_rep_indicator:  # rep-space probabilities, prototypes before update
+            prob = run.prototypes.probs(rep.detach(), loss_cfg["temp"])
+        else:
+            prob = torch.cat([pred_l, pred_u]).detach().float().softmax(1)
+        run.prototypes.update(rep.detach(), y.clamp_min(0), valid)
+    # A diverged step (non-finite rep) leaves non-finite prototypes, from which negative
+    # classes cannot be drawn (torch.multinomial raises); zeros let the step finish with a
+    # non-finite loss that the loop reports. Identity while the prototypes are finite.
+    proto = torch.nan_to_num(run.prototypes.proto, nan=0.0, posinf=0.0, neginf=0.0)
+    with phase("contrastive"):
+        return prototype_contrastive_loss(
+            rep,
+            y,
+            valid,
+            prob,
+            proto,
+            loss_cfg["strong_threshold"],
+            loss_cfg["temp"],
+            loss_cfg["num_queries"],
+            loss_cfg["num_negatives"],
+        )
+
+
+def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, maps: dict) -> dict:
+    """The logged values of the unlabeled branch (0-dim tensors)."""
+    with torch.no_grad():
+        confident = (maps["conf_u"] >= run.cfg["Loss"]["un_threshold"]) & (maps["y_u"] >= 0)
+        return {
+            "unsup": unsup.detach(),
+            "contrast": contrast.detach(),
+            "mask_ratio": confident.float().mean(),
+            "lambda": torch.tensor(lam, device=run.device),
+        }
+
+
+# --------------------------------------------------------------------------- the update
+
+
+def update(run: Run, total: Tensor, phase=no_timer) -> None:
+    """Backward, optimiser step (through the grad scaler), then the teacher's EMA."""
+    with phase("backward"):
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(total).backward()
+    with phase("optimizer_ema"):
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        ema_update(run.teacher, run.student, run.iteration, run.cfg["EMA"]["alpha"])
