@@ -1,6 +1,7 @@
 """The training engine behind the entry scripts: entry scripts -> engine -> dataset, network, utils.
 
-- ``cli``: the command line, validation before anything is written, the training process;
+- ``cli``: the command line, validation before anything is written, one process or many;
+- ``launch``: ``--nproc-per-node`` through torch.distributed's elastic launcher;
 - ``config``: the strict YAML schema and overrides;
 - ``data``: the dataset registry, datasets of a config, loaders;
 - ``run``: the ``Run`` (networks, prototypes, optimiser), checkpoints and resume checks;

@@ -1,7 +1,7 @@
 """The command line of the training entry scripts: parse, validate everything before the run
-folder is touched, then train.
+folder is touched, then one process (or ``--nproc-per-node N`` processes) trains.
 
-    python mix_label.py [--config PATH] [--work-dir DIR] [--fresh]
+    python mix_label.py [--config PATH] [--work-dir DIR] [--fresh] [--nproc-per-node N|auto]
                         [Section.key=value ...]
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine import loop
+from engine import launch, loop
 from engine.config import DEFAULT_CONFIG, dump_config, load_config
 from engine.run import build_run, check_resume_compatible, restore
 from utils.checkpoint import load_checkpoint
@@ -36,6 +36,13 @@ def parse_args(strategy: str, argv: list[str] | None = None) -> argparse.Namespa
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: demo)")
     p.add_argument("--work-dir", default=None, help="run folder (default: runs/<derived>)")
     p.add_argument("--fresh", action="store_true", help="refuse to resume an existing run")
+    p.add_argument(
+        "--nproc-per-node",
+        default=None,
+        metavar="N|auto",
+        help="start N training processes on this machine with torch.distributed's elastic "
+        "launcher, as torchrun --nproc_per_node=N does (auto: one per visible GPU)",
+    )
     p.add_argument("overrides", nargs="*", help="Section.key=value config overrides")
     return p.parse_args(argv)
 
@@ -138,7 +145,10 @@ def main(strategy_name: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(strategy.name, argv)
     try:
+        nproc = launch.processes_wanted(args.nproc_per_node)
         cfg, work_dir, state = prepare(strategy, args)
+        if nproc > 1:
+            return launch.elastic_run(nproc, launch.entry_script(strategy.name), argv)
         return train_process(strategy, cfg, work_dir, state)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

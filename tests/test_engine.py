@@ -823,6 +823,29 @@ def test_two_process_training_keeps_ranks_identical(tiny_split: Path, tmp_path: 
     check_ok(ev)
     assert json.loads(out.read_text())["miou"] == pytest.approx(summary["miou"], abs=1e-6)
 
+    # The entry script starting its own two processes is the same run as torchrun's.
+    own_dir = tmp_path / "own_launch"
+    own = python(["mix_label.py", "--nproc-per-node", "2", "--work-dir", str(own_dir), *overrides])
+    check_ok(own)
+    assert json.loads((own_dir / "summary.json").read_text())["world_size"] == 2
+    mine = load_state(own_dir / "latest.pth")
+    for key in ("student", "teacher"):
+        assert model_equal(mine[key], saved[key], atol=0) == [], key
+    assert torch.equal(mine["prototypes"]["proto"], saved["prototypes"]["proto"])
+
+
+def test_nproc_per_node_values_and_the_flag_removed_for_the_processes() -> None:
+    from engine import launch
+
+    assert launch.processes_wanted(None) == 1 and launch.processes_wanted("3") == 3
+    expected_auto = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    assert launch.processes_wanted("auto") == expected_auto
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(UserError, match="--nproc-per-node"):
+            launch.processes_wanted(bad)
+    argv = ["--nproc-per-node", "2", "--work-dir", "x", "--nproc-per-node=4", "Seed=1"]
+    assert launch.without_flag(argv) == ["--work-dir", "x", "Seed=1"]
+
 
 @pytest.mark.slow
 def test_two_process_supervised_baseline(tiny_split: Path, tmp_path: Path) -> None:
