@@ -18,26 +18,26 @@ RNG state. Differences from the paper code (all deliberate):
   (the paper wrapped the partner index inside one process's batch);
 * ClassMix pastes half of the *partner's* classes (ignore excluded) onto image ``i``; the paper
   kept half of image ``i``'s classes (ignore counted as a class) over the partner;
-* the colour-jitter order is drawn once per batch (torchvision draws it per image); the blur is a
+* the photometric ops are ``dataset.photometric`` (the labeled loader uses the same code): the
+  colour-jitter order is drawn once per batch (torchvision draws it per image), the blur is a
   true 9-tap Gaussian (PIL approximates it with box filters); bilinear downscaling does not
   antialias (PIL's does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dataset.transforms import BLUR_SIGMA_RANGE, HUE_RANGE, IMAGENET_MEAN, JITTER_RANGE
+from dataset.photometric import photometric_flip, uniform
+from dataset.transforms import IMAGENET_MEAN
 from utils.dist import all_gather_cat, get_rank, get_world_size
 from utils.errors import UserError
 
 MIX_MODES = ("cutmix", "cutout", "classmix", "none")
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-BLUR_KERNEL_SIZE = 9
 
 
 # ---------------------------------------------------------------- random draws
@@ -45,14 +45,6 @@ BLUR_KERNEL_SIZE = 9
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     return torch.rand(n, generator=generator, device=device)
-
-
-def _uniform(
-    n: int, bounds: Sequence[float], generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """``n`` draws from U(bounds[0], bounds[1])."""
-    low, high = float(bounds[0]), float(bounds[1])
-    return low + (high - low) * _rand(n, generator, device)
 
 
 def _randint_below(high: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -96,7 +88,7 @@ def random_rescale_crop(
     b, _, h, w = img.shape
     crop_h, crop_w = crop_size
     device = img.device
-    scale = _uniform(b, scale_size, generator, device)
+    scale = uniform(b, scale_size, generator, device)
     size_h = (h * scale).floor().long().clamp(min=1)[:, None]  # [B, 1]
     size_w = (w * scale).floor().long().clamp(min=1)[:, None]
     top = _randint_below((size_h - crop_h).clamp(min=0) + 1, generator)
@@ -257,142 +249,6 @@ def mix(
         paste = class_mask(maps_p[class_map], generator)
     img_out = torch.where(paste[:, None], img_p, img)
     return img_out, [torch.where(paste, m_p, m) for m, m_p in zip(maps, maps_p)]
-
-
-# ---------------------------------------------------------------- c. photometric and flip
-
-
-def _per_image(factor: Tensor) -> Tensor:
-    return factor.reshape(-1, 1, 1, 1)
-
-
-def _grayscale(img: Tensor) -> Tensor:
-    """Luma ``[B, 1, H, W]`` of an RGB batch."""
-    weights = torch.tensor(GRAY_WEIGHTS, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
-    return (img * weights).sum(dim=1, keepdim=True)
-
-
-def _blend(img: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    f = _per_image(factor).to(img.dtype)
-    return (f * img + (1 - f) * other).clamp(0, 1)
-
-
-def adjust_brightness(img: Tensor, factor: Tensor) -> Tensor:
-    """Per-image brightness: ``img * factor[b]``, clamped to [0, 1] (torchvision semantics)."""
-    return _blend(img, torch.zeros_like(img), factor)
-
-
-def adjust_contrast(img: Tensor, factor: Tensor) -> Tensor:
-    """Per-image contrast: blend with the image's mean luma (torchvision semantics)."""
-    return _blend(img, _grayscale(img).mean(dim=(1, 2, 3), keepdim=True), factor)
-
-
-def adjust_saturation(img: Tensor, factor: Tensor) -> Tensor:
-    """Per-image saturation: blend with the image's luma (torchvision semantics)."""
-    return _blend(img, _grayscale(img), factor)
-
-
-def adjust_hue(img: Tensor, shift: Tensor) -> Tensor:
-    """Per-image hue rotation by ``shift[b]`` turns (in [-0.5, 0.5]) in HSV space."""
-    hue, sat, val = _rgb_to_hsv(img).unbind(dim=1)
-    hue = (hue + shift.reshape(-1, 1, 1).to(img.dtype)) % 1.0
-    return _hsv_to_rgb(hue, sat, val)
-
-
-def _rgb_to_hsv(img: Tensor) -> Tensor:
-    """RGB ``[B, 3, H, W]`` -> HSV with all three channels in [0, 1]."""
-    r, g, b = img.unbind(dim=1)
-    val = img.amax(dim=1)
-    chroma = val - img.amin(dim=1)
-    has_chroma = chroma > 0
-    safe_chroma = torch.where(has_chroma, chroma, torch.ones_like(chroma))
-    sat = torch.where(val > 0, chroma / torch.where(val > 0, val, torch.ones_like(val)), 0.0)
-    hue_sector = torch.where(
-        val == r,
-        ((g - b) / safe_chroma) % 6,
-        torch.where(val == g, (b - r) / safe_chroma + 2, (r - g) / safe_chroma + 4),
-    )
-    hue = torch.where(has_chroma, hue_sector / 6, 0.0)
-    return torch.stack((hue, sat, val), dim=1)
-
-
-def _hsv_to_rgb(hue: Tensor, sat: Tensor, val: Tensor) -> Tensor:
-    """HSV maps ``[B, H, W]`` -> RGB ``[B, 3, H, W]`` (closed form with k = (n + 6h) mod 6)."""
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = (n + 6 * hue) % 6
-        ramp = torch.minimum(k, 4 - k).clamp(0, 1)
-        channels.append(val - val * sat * ramp)
-    return torch.stack(channels, dim=1)
-
-
-def gaussian_blur(img: Tensor, sigma: Tensor, kernel_size: int = BLUR_KERNEL_SIZE) -> Tensor:
-    """Per-image Gaussian blur with std ``sigma[b]``: separable depthwise conv, reflect padding.
-
-    The kernel radius is ``kernel_size // 2``, reduced when the image is too small to reflect.
-    """
-    b, c, h, w = img.shape
-    radius = min(kernel_size // 2, h - 1, w - 1)
-    offsets = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma.to(img.dtype)[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [B*C, K]
-    x = F.pad(img.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
-    x = F.conv2d(x, kernel[:, None, None, :], groups=b * c)
-    x = F.conv2d(x, kernel[:, None, :, None], groups=b * c)
-    return x.reshape(b, c, h, w)
-
-
-def color_jitter(img: Tensor, generator: torch.Generator | None = None, p: float = 0.8) -> Tensor:
-    """With probability ``p`` per image: brightness, contrast, saturation, hue jitter.
-
-    Factors are drawn per image (``U(0.75, 1.25)``, hue shift ``U(-0.25, 0.25)``); the order of
-    the four ops is one random permutation per batch (torchvision draws one per image). Reading
-    that permutation is the one host sync of the augmentation.
-    """
-    b, device = img.shape[0], img.device
-    apply = _rand(b, generator, device) < p
-    factors = [_uniform(b, JITTER_RANGE, generator, device) for _ in range(3)]
-    factors.append(_uniform(b, HUE_RANGE, generator, device))
-    ops: list[Callable[[Tensor, Tensor], Tensor]] = [
-        adjust_brightness,
-        adjust_contrast,
-        adjust_saturation,
-        adjust_hue,
-    ]
-    jittered = img
-    for k in torch.randperm(4, generator=generator, device=device).tolist():
-        jittered = ops[k](jittered, factors[k])
-    return torch.where(apply[:, None, None, None], jittered, img)
-
-
-def random_blur(img: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
-    """With probability ``p`` per image: Gaussian blur with ``sigma ~ U(0.15, 1.15)``."""
-    b, device = img.shape[0], img.device
-    apply = _rand(b, generator, device) < p
-    sigma = _uniform(b, BLUR_SIGMA_RANGE, generator, device)
-    return torch.where(apply[:, None, None, None], gaussian_blur(img, sigma), img)
-
-
-@torch.no_grad()
-def photometric_flip(
-    img: Tensor,
-    maps: Sequence[Tensor],
-    generator: torch.Generator | None = None,
-    *,
-    p_jitter: float = 0.8,
-    p_blur: float = 0.5,
-    p_flip: float = 0.5,
-) -> tuple[Tensor, list[Tensor]]:
-    """Colour jitter, Gaussian blur, horizontal flip (maps flipped too); image clamped to [0, 1].
-
-    The probabilities default to the paper's; tests switch stages off with them.
-    """
-    img = color_jitter(img, generator, p_jitter)
-    img = random_blur(img, generator, p_blur)
-    flip = _rand(img.shape[0], generator, img.device) < p_flip
-    img = torch.where(flip[:, None, None, None], img.flip(-1), img)
-    maps = [torch.where(flip[:, None, None], m.flip(-1), m) for m in maps]
-    return img.clamp(0, 1), maps
 
 
 # ---------------------------------------------------------------- the whole chain

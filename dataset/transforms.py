@@ -6,30 +6,22 @@ engine normalises on the device with :func:`normalize`. ``crop_size`` is ``(heig
 Every random number is drawn from the ``generator`` argument (``None``: torch's default
 generator), so an item is reproducible from its sample seed whatever the worker count.
 The labeled transform always draws the same random numbers in the same order, whether or
-not an optional step applies, so its geometry does not depend on the photometric steps.
+not an optional step applies, so its geometry does not depend on the photometric steps;
+those are ``dataset.photometric`` (the one implementation, shared with the unlabeled batch).
 """
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from dataset.photometric import photometric_flip
 from utils.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-JITTER_PROB = 0.8
-JITTER_RANGE = (0.75, 1.25)  # brightness, contrast, saturation factors
-HUE_RANGE = (-0.25, 0.25)
-BLUR_PROB = 0.5
-BLUR_SIGMA_RANGE = (0.15, 1.15)
-FLIP_PROB = 0.5
 
 
 def normalize(img: Tensor) -> Tensor:
@@ -111,69 +103,9 @@ def random_crop(
     return img, (label[rows, cols] if label is not None else None)
 
 
-def hflip(img: Tensor, label: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Mirror left-right, the label too."""
-    return img.flip(-1), (label.flip(-1) if label is not None else None)
-
-
-# --- photometric steps -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PhotometricParams:
-    """The random draws of one photometric augmentation."""
-
-    jitter: bool
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    order: tuple[int, ...]  # order of (brightness, contrast, saturation, hue)
-    blur: bool
-    sigma: float
-
-
-def draw_photometric_params(generator: torch.Generator | None = None) -> PhotometricParams:
-    """Draw jitter (prob 0.8) and blur (prob 0.5) parameters; always the same draws."""
-    jitter = float(torch.rand(1, generator=generator)) < JITTER_PROB
-    brightness, contrast, saturation = (_uniform(*JITTER_RANGE, generator) for _ in range(3))
-    hue = _uniform(*HUE_RANGE, generator)
-    order = tuple(torch.randperm(4, generator=generator).tolist())
-    blur = float(torch.rand(1, generator=generator)) < BLUR_PROB
-    sigma = _uniform(*BLUR_SIGMA_RANGE, generator)
-    return PhotometricParams(jitter, brightness, contrast, saturation, hue, order, blur, sigma)
-
-
-def color_jitter(img: Tensor, params: PhotometricParams) -> Tensor:
-    """Brightness, contrast, saturation and hue adjustments in ``params.order``."""
-    ops = (
-        lambda x: TF.adjust_brightness(x, params.brightness),
-        lambda x: TF.adjust_contrast(x, params.contrast),
-        lambda x: TF.adjust_saturation(x, params.saturation),
-        lambda x: TF.adjust_hue(x, params.hue),
-    )
-    for i in params.order:
-        img = ops[i](img)
-    return img
-
-
-def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur with a kernel of +-3 sigma (shrunk to fit tiny images)."""
-    kernel = 2 * math.ceil(3 * sigma) + 1
-    max_kernel = 2 * ((min(img.shape[-2:]) - 1) // 2) + 1
-    kernel = min(kernel, max_kernel)
-    if kernel < 3:
-        return img
-    return TF.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
-
-
-def photometric(img: Tensor, params: PhotometricParams) -> Tensor:
-    """Apply the drawn colour jitter and blur to a uint8 image."""
-    if params.jitter:
-        img = color_jitter(img, params)
-    if params.blur:
-        img = gaussian_blur(img, params.sigma)
-    return img
+def to_uint8(img01: Tensor) -> Tensor:
+    """A [0, 1] float image back to uint8 (rounded), as the loaders hand images over."""
+    return img01.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 # --- the two loader transforms ---------------------------------------------------------
@@ -188,20 +120,19 @@ def labeled_transform(
     *,
     photometric_aug: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Rescale by s ~ U(scale_size), pad, random crop, colour jitter, blur, flip.
+    """Rescale by s ~ U(scale_size), pad, random crop, then colour jitter, blur and flip.
 
+    The photometric ops and the flip are ``dataset.photometric.photometric_flip`` on a batch
+    of one (the unlabeled batch goes through the same function on the device).
     ``photometric_aug=False`` skips jitter and blur but draws the same random numbers, so
     the geometry (and the label) is identical to the full transform with the same seed.
     """
     img, lbl = rescale(img_u8, label, _uniform(*scale_size, generator))
     img, lbl = pad_to(img, lbl, crop_size)
     img, lbl = random_crop(img, lbl, crop_size, generator)
-    params = draw_photometric_params(generator)
-    if photometric_aug:
-        img = photometric(img, params)
-    if float(torch.rand(1, generator=generator)) < FLIP_PROB:
-        img, lbl = hflip(img, lbl)
-    return img.contiguous(), lbl.contiguous()
+    p = {} if photometric_aug else {"p_jitter": 0.0, "p_blur": 0.0}
+    img01, (lbl,) = photometric_flip(img[None].float().div_(255), [lbl[None]], generator, **p)
+    return to_uint8(img01[0]).contiguous(), lbl[0].contiguous()
 
 
 def unlabeled_transform(

@@ -1,7 +1,7 @@
 """Tests of the batched strong augmentation (dataset/batch_augment.py).
 
 Expected values come from independent references (torch.nn.functional.interpolate, numpy.pad,
-torchvision's adjust_* / gaussian_blur, Python's round) or from invariants: the label of a pixel
+Python's round) or from invariants: the label of a pixel
 must stay the label encoded by its colour, a confidence built as f(label) must stay f(label).
 """
 
@@ -19,19 +19,12 @@ import torch.nn.functional as F
 from dataset.batch_augment import (
     IMAGENET_MEAN,
     MIX_MODES,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    color_jitter,
     cut_box,
-    gaussian_blur,
     mix,
-    photometric_flip,
-    random_blur,
     random_rescale_crop,
     strong_augment,
 )
+from dataset.photometric import photometric_flip
 from utils.errors import UserError
 
 FILLS = (-1, 0.0)
@@ -264,76 +257,6 @@ def test_mix_none_is_identity_and_bad_mode_is_a_user_error():
     assert torch.equal(img_out, img) and torch.equal(y_out, y)
     with pytest.raises(UserError, match="mix_mode"):
         mix(img, [y], [-1], "mixup")
-
-
-# ---------------------------------------------------------------- c. photometric and flip
-
-
-@pytest.mark.parametrize(
-    ("ours", "theirs", "factors"),
-    [
-        (adjust_brightness, "adjust_brightness", [0.75, 1.0, 1.25]),
-        (adjust_contrast, "adjust_contrast", [0.75, 1.1, 1.25]),
-        (adjust_saturation, "adjust_saturation", [0.75, 0.9, 1.25]),
-        (adjust_hue, "adjust_hue", [-0.25, 0.1, 0.25]),
-    ],
-)
-def test_colour_ops_match_torchvision_per_image(ours, theirs, factors):
-    img = torch.rand(3, 3, 10, 12, generator=gen(40))
-    img[0, :, :2] = 0.5  # grey pixels: zero chroma
-    theirs = getattr(tv_functional(), theirs)
-    out = ours(img, torch.tensor(factors))
-    for i, factor in enumerate(factors):
-        torch.testing.assert_close(
-            out[i : i + 1], theirs(img[i : i + 1], factor), atol=2e-6, rtol=0
-        )
-        torch.testing.assert_close(ours(img[i : i + 1], torch.tensor([factor])), out[i : i + 1])
-
-
-def test_gaussian_blur_matches_torchvision_and_tiny_sigma_is_identity():
-    img = torch.rand(2, 3, 12, 14, generator=gen(41))
-    sigmas = [0.3, 1.15]
-    out = gaussian_blur(img, torch.tensor(sigmas))
-    for i, sigma in enumerate(sigmas):
-        expected = tv_functional().gaussian_blur(img[i : i + 1], [9, 9], [sigma, sigma])
-        torch.testing.assert_close(out[i : i + 1], expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(gaussian_blur(img, torch.tensor([1e-3, 1e-3])), img)
-
-
-def test_blur_and_jitter_are_applied_to_drawn_images_only():
-    img = torch.rand(8, 3, 12, 14, generator=gen(42))
-    assert torch.equal(random_blur(img, gen(0), p=0.0), img)
-    assert torch.equal(color_jitter(img, gen(0), p=0.0), img)
-    blurred = random_blur(img, gen(0), p=1.0)
-    jittered = color_jitter(img, gen(0), p=1.0)
-    assert all(not torch.equal(blurred[i], img[i]) for i in range(8))
-    assert all(not torch.equal(jittered[i], img[i]) for i in range(8))
-    some = color_jitter(img, gen(1), p=0.5)
-    unchanged = [torch.equal(some[i], img[i]) for i in range(8)]
-    assert any(unchanged) and not all(unchanged)
-
-
-def test_flip_moves_image_and_maps_together():
-    img, y = block_batch(b=8, seed=43)
-    img_out, (y_out, c_out) = photometric_flip(
-        img, [y, conf_of(y)], gen(44), p_jitter=0.0, p_blur=0.0, p_flip=0.5
-    )
-    flipped = []
-    for i in range(8):
-        f = torch.equal(y_out[i], y[i].flip(-1)) and not torch.equal(y_out[i], y[i])
-        assert f or torch.equal(y_out[i], y[i])
-        assert torch.equal(img_out[i], img[i].flip(-1) if f else img[i])
-        flipped.append(f)
-    assert any(flipped) and not all(flipped)
-    assert_conf_follows_label(y_out, c_out)
-
-
-def test_photometric_keeps_maps_and_clamps_image():
-    img = torch.rand(4, 3, 12, 14, generator=gen(45))
-    y = torch.randint(-1, 5, (4, 12, 14), generator=gen(46))
-    img_out, (y_out, c_out) = photometric_flip(img, [y, conf_of(y)], gen(47), p_flip=0.0)
-    assert torch.equal(y_out, y) and torch.equal(c_out, conf_of(y))
-    assert img_out.min() >= 0 and img_out.max() <= 1
 
 
 # ---------------------------------------------------------------- the whole chain
