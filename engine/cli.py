@@ -125,6 +125,13 @@ def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | N
         device,
         f", resuming at iteration {run.iteration}" if state is not None else "",
     )
+    if cfg["Training"]["amp"]:
+        log.info(
+            "Training.amp: %s",
+            f"autocast {str(run.amp_dtype).replace('torch.', '')} on {device.type}"
+            if run.amp_dtype is not None
+            else f"no fast reduced precision on this {device.type} (no native bf16); fp32",
+        )
     try:
         summary = loop.train(run, work_dir)
     except KeyboardInterrupt:

@@ -151,10 +151,22 @@ def build_network_for_eval(cfg: dict) -> nn.Module:
     return build_network(cfg)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512 / AVX512-BF16 / AMX). On an
+    AVX2-only CPU bf16 is emulated and many times slower than fp32."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def amp_dtype_for(cfg: dict, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or not cfg["Training"]["amp"]:
+    """The autocast dtype of ``Training.amp``: CUDA bf16 where supported, else fp16 (with a
+    grad scaler); CPU bf16 where the CPU runs it natively; else None (fp32)."""
+    if not cfg["Training"]["amp"]:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
 
 
 def _wrap_student(student: nn.Module, cfg: dict, device: torch.device) -> nn.Module:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.config import load_config
+from engine.run import cpu_has_fast_bf16
 from tools.benchmark import benchmark, synthetic_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,8 @@ def test_record_is_complete_and_consistent(strategy):
     assert r["images_per_second"] == pytest.approx(
         2 * (2 if strategy != "supervised" else 1) / r["step_seconds"]
     )
-    assert r["peak_memory_mb"] > 0 and r["device"] == "cpu" and r["amp"] == "fp32"
+    assert r["peak_memory_mb"] > 0 and r["device"] == "cpu"
+    assert r["amp"] == ("bfloat16" if cpu_has_fast_bf16() else "fp32")  # the demo sets amp
     assert (r["iters"], r["warmup"], r["crop_size"]) == (2, 1, [48, 48])
 
 
