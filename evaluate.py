@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: the teacher, or the student of a supervised run",
     )
     p.add_argument("--out", default=None, help="JSON file (default: beside the checkpoint)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images of equal size per forward (default: the config's Dataset.batch_size)",
+    )
     p.add_argument("overrides", nargs="*", help="Section.key=value config overrides")
     return p.parse_args(argv)
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             scales=scales,
             num_workers=min(2, cfg["Dataset"]["num_workers"]),
             amp_dtype=amp_dtype_for(cfg, device),
+            batch_size=args.batch_size or cfg["Dataset"]["batch_size"],
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["Training"]["eval_crop_size"],
                 args.flip,
             )
-            mask = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            mask = probs.max(1).indices[0].to(torch.uint8).cpu().numpy()
             png = Image.fromarray(mask, mode="P")
             png.putpalette(palette)
             png.save(out / f"{f.stem}.png")

@@ -147,6 +147,22 @@ def predict(
     return total
 
 
+def same_size_batches(items, batch_size: int):
+    """Group consecutive loader items (``batch_size=1`` loader outputs) into batches of equal
+    image size, at most ``batch_size`` each; a change of size closes a batch. Whole datasets of
+    one size (FashionScenes, Cityscapes) batch fully; VOC's mixed sizes stay correct."""
+    imgs: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for img, label in items:
+        if imgs and (img.shape != imgs[0].shape or len(imgs) == batch_size):
+            yield torch.cat(imgs), torch.cat(labels)
+            imgs, labels = [], []
+        imgs.append(img)
+        labels.append(label)
+    if imgs:
+        yield torch.cat(imgs), torch.cat(labels)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -160,11 +176,13 @@ def evaluate(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> ConfusionMatrix:
     """Evaluate ``model`` (in eval mode) sharded over processes; returns the reduced matrix.
 
     Process r takes images r, r + world, ...: no image is duplicated, so the reduced matrix
-    equals the one-process result exactly.
+    equals the one-process result exactly. Consecutive images of equal size go through the
+    network together, ``batch_size`` at most (eval-mode BatchNorm treats them independently).
     """
     was_training = model.training
     model.eval()
@@ -176,19 +194,26 @@ def evaluate(
         pin_memory=device.type == "cuda",
     )
     cm = ConfusionMatrix(num_classes, device)
-    bar = tqdm(loader, desc="eval", leave=False, disable=not (progress and is_main_process()))
-    for k, item in enumerate(bar):
-        img = item["img"].to(device, non_blocking=True)
-        label = item["label"].to(device, non_blocking=True)
-        if mode == "crop":
-            y0, x0, ch, cw = crop_box(*img.shape[-2:], crop, indices[k])
-            img, label = (
-                img[..., y0 : y0 + ch, x0 : x0 + cw],
-                label[..., y0 : y0 + ch, x0 : x0 + cw],
-            )
+    bar = tqdm(
+        total=len(indices), desc="eval", leave=False, disable=not (progress and is_main_process())
+    )
+
+    def items():
+        for k, item in enumerate(loader):
+            img = item["img"].to(device, non_blocking=True)
+            label = item["label"].to(device, non_blocking=True)
+            if mode == "crop":
+                y0, x0, ch, cw = crop_box(*img.shape[-2:], crop, indices[k])
+                img = img[..., y0 : y0 + ch, x0 : x0 + cw]
+                label = label[..., y0 : y0 + ch, x0 : x0 + cw]
+            yield img, label
+
+    for img, label in same_size_batches(items(), max(1, batch_size)):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             probs = predict(model, normalize(img), mode, crop, flip, scales)
-        cm.update(probs.argmax(1), label)
+        cm.update(probs.max(1).indices, label)  # max(1) is ~5x faster than argmax(1) on CPU
+        bar.update(len(img))
+    bar.close()
     cm.reduce()
     model.train(was_training)
     return cm

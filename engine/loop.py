@@ -169,6 +169,7 @@ def run_eval(run: Run) -> tuple[float, torch.Tensor]:
         crop=tr["eval_crop_size"],
         num_workers=min(2, run.cfg["Dataset"]["num_workers"]),
         amp_dtype=run.amp_dtype,
+        batch_size=run.cfg["Dataset"]["batch_size"],
     )
     return cm.miou(), cm.iou()
 
