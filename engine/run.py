@@ -182,6 +182,21 @@ def _wrap_student(student: nn.Module, cfg: dict, device: torch.device) -> nn.Mod
     return forward
 
 
+def make_optimizer(student: nn.Module, opt: dict) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum, weight decay): the fused kernel where torch has one for the
+    device (one pass over the parameters), else the multi-tensor one."""
+    kwargs = dict(
+        lr=opt["lr"],
+        momentum=opt["momentum"],
+        weight_decay=opt["weight_decay"],
+        nesterov=opt["nesterov"],
+    )
+    try:
+        return torch.optim.SGD(student.parameters(), **kwargs, fused=True)
+    except (RuntimeError, ValueError):  # no fused SGD for this device / torch version
+        return torch.optim.SGD(student.parameters(), **kwargs, foreach=True)
+
+
 def build_run(
     cfg: dict, strategy: Strategy, device: torch.device, rank: int, world: int, datasets=None
 ) -> Run:
@@ -203,15 +218,7 @@ def build_run(
         student = student.to(memory_format=torch.channels_last)
     teacher = make_teacher(student)
     forward = _wrap_student(student, cfg, device)
-    opt = cfg["Optim"]
-    optimizer = torch.optim.SGD(
-        student.parameters(),
-        lr=opt["lr"],
-        momentum=opt["momentum"],
-        weight_decay=opt["weight_decay"],
-        nesterov=opt["nesterov"],
-        foreach=True,
-    )
+    optimizer = make_optimizer(student, cfg["Optim"])
     amp_dtype = amp_dtype_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     net = cfg["Network"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from utils import contrastive
 from utils.contrastive import (
     class_sorted_pixels,
     prototype_contrastive_loss,
@@ -82,7 +83,13 @@ def reference_loss(rep, y, valid, prob, proto, q, nn_, seed):
     return loss / npres
 
 
-def test_loss_equals_loop_reference_with_same_draws():
+@pytest.mark.parametrize("path", ["gathered", "dense blocks"])
+def test_loss_equals_loop_reference_with_same_draws(path, monkeypatch):
+    """Both ways of computing the negative similarities (gathered negatives at small sizes,
+    dense anchor x pixel blocks at the paper's) give the reference loss and gradient."""
+    if path == "dense blocks":
+        monkeypatch.setattr(contrastive, "_GATHER_LIMIT", 0)
+        monkeypatch.setattr(contrastive, "_SIM_BLOCK", 64)  # several blocks
     rep, y, valid, prob, proto = make_case()
     q, nn_, seed = 4, 6, 123
     rep_a = rep.clone().requires_grad_(True)

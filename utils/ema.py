@@ -40,7 +40,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float) 
             f"teacher has {len(t_params)} parameters, student {len(s_params)}: "
             "pass the unwrapped student (model_without_ddp)"
         )
-    if t_params:
-        torch._foreach_mul_(t_params, decay)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)
+    if t_params:  # one fused pass: t + (1 - decay) * (s - t)
+        torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
     return decay
