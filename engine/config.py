@@ -119,6 +119,12 @@ SCHEMA: dict[str, Any] = {
         "num_negatives": Key("int", _pos, "> 0", "negatives per anchor"),
         "alpha": Key("float", _unit, "in [0, 1]", "prototype EMA alpha_p"),
         "warm_up": Key("int", _nonneg, ">= 0", "cross_label epochs on logit-space labels"),
+        "rep_un_threshold": Key(
+            "float",
+            _unit,
+            "in [0, 1]",
+            "cross_label after warm-up: rep-space confidence counted in the unsup weight",
+        ),
         "weight_counts_ignored": Key("bool", doc="paper's unsup weight numerator (may exceed 1)"),
     },
     "Ramp_Scheduler": {
@@ -244,8 +250,6 @@ def _check_relations(cfg: dict) -> None:
             "config key Network.pretrained: got '', expected a local weights file "
             "(or set Network.random_init=true to train from scratch)"
         )
-    if net["pretrained"] and net["base_width"] != 64:
-        raise _fail("Network.base_width", net["base_width"], "64 when Network.pretrained is set")
     pool = DATASETS[data["name"]].pool_size
     if data["num_labels"] > pool:
         raise _fail(

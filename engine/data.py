@@ -13,7 +13,13 @@ from dataset.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
 from dataset.palette import voc_palette
 from dataset.splits import read_split
 from dataset.voc import VOC_CLASSES, VOCDataset
-from demo.fashion_scenes import FASHION_CLASSES, NUM_TRAIN, ensure_fashion_scenes
+from demo.fashion_scenes import (
+    FASHION6_CLASSES,
+    FASHION6_MAP,
+    FASHION_CLASSES,
+    NUM_TRAIN,
+    ensure_fashion_scenes,
+)
 from utils.errors import UserError
 from utils.sampler import EpochBatchSampler
 
@@ -43,6 +49,10 @@ def _voc(root, ids, mode, crop, scale, num_classes) -> Dataset:
     return VOCDataset(root, ids, mode, crop, scale, num_classes)
 
 
+def _fashion6(root, ids, mode, crop, scale, num_classes) -> Dataset:
+    return VOCDataset(root, ids, mode, crop, scale, num_classes, label_map=FASHION6_MAP)
+
+
 def _cityscapes(root, ids, mode, crop, scale, num_classes) -> Dataset:
     return CityscapesDataset(root, ids, mode, "val" if mode == "valid" else "train", crop, scale)
 
@@ -50,9 +60,17 @@ def _cityscapes(root, ids, mode, crop, scale, num_classes) -> Dataset:
 DATASETS: dict[str, DatasetSpec] = {
     "voc": DatasetSpec(VOC_CLASSES, 10582, voc_palette, _voc, existing_root),
     "cityscapes": DatasetSpec(CITYSCAPES_CLASSES, 2975, voc_palette, _cityscapes, existing_root),
-    # the embedded demo: VOC layout, generated on first use
+    # the embedded demo, generated on first use in the VOC layout: v1 (10 garments) and v2
+    # (the default: the same scenes with 6 classes, see demo/fashion_scenes.py)
     "fashionscenes": DatasetSpec(
         FASHION_CLASSES, NUM_TRAIN, voc_palette, _voc, lambda root: ensure_fashion_scenes(root)
+    ),
+    "fashionscenes6": DatasetSpec(
+        FASHION6_CLASSES,
+        NUM_TRAIN,
+        voc_palette,
+        _fashion6,
+        lambda root: ensure_fashion_scenes(root),
     ),
 }
 

@@ -37,6 +37,7 @@ class UnlabeledBatch:
     img: Tensor  # normalised, in the networks' memory format
     maps: dict[str, Tensor]  # y_u, conf_u, y_con, conf_con (see PseudoLabels), augmented
     agreement: Tensor | None  # fraction of pixels where the two spaces agree
+    un_threshold: float  # confidence counted in the unsupervised weight
 
 
 def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) -> dict:
@@ -64,7 +65,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
     else:
         unsup, contrast, lam = unlabeled_losses(run, (pred_l, rep_l), y_l, out_u, unlabeled, phase)
         total = sup + unsup + lam * contrast
-        stats.update(diagnostics(run, unsup, contrast, lam, unlabeled.maps))
+        stats.update(diagnostics(run, unsup, contrast, lam, unlabeled))
     stats["total"] = total.detach()
     update(run, total, phase)
     return stats
@@ -93,7 +94,8 @@ def pseudo_labeled_batch(run: Run, batch_u: dict, img_l: Tensor, phase=no_timer)
         pl = run.strategy.pseudo_labels(t, run.epoch, loss_cfg)
     with phase("augment"), torch.no_grad():
         img_aug, maps = augment_unlabeled(run, img_u01, pl)
-    return UnlabeledBatch(run.model_input(img_aug), maps, pl.agreement)
+    threshold = loss_cfg["un_threshold"] if pl.un_threshold is None else pl.un_threshold
+    return UnlabeledBatch(run.model_input(img_aug), maps, pl.agreement, threshold)
 
 
 def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tensor, dict]:
@@ -144,7 +146,7 @@ def unlabeled_losses(run: Run, out_l, y_l, out_u, unlabeled: UnlabeledBatch, pha
             pred_u_large,
             maps["y_u"],
             maps["conf_u"],
-            loss_cfg["un_threshold"],
+            unlabeled.un_threshold,
             loss_cfg["weight_counts_ignored"],
         )
     contrast = contrastive_term(run, *out_l, y_l, pred_u, rep_u, maps, phase)
@@ -204,10 +206,11 @@ def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, phase=no_time
         )
 
 
-def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, maps: dict) -> dict:
+def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, unlabeled) -> dict:
     """The logged values of the unlabeled branch (0-dim tensors)."""
+    maps = unlabeled.maps
     with torch.no_grad():
-        confident = (maps["conf_u"] >= run.cfg["Loss"]["un_threshold"]) & (maps["y_u"] >= 0)
+        confident = (maps["conf_u"] >= unlabeled.un_threshold) & (maps["y_u"] >= 0)
         return {
             "unsup": unsup.detach(),
             "contrast": contrast.detach(),

@@ -95,14 +95,14 @@ def build_backbone(name: str, output_stride: int = 8, base_width: int = 64) -> R
     if name in ("resnet18", "resnet34"):
         net = _TORCHVISION[name](weights=None)
         if base_width != 64:
-            _set_base_width(net, BasicBlock, base_width)
+            set_base_width(net, BasicBlock, base_width)
         for stage, dilation in zip((net.layer2, net.layer3, net.layer4), _DILATIONS[output_stride]):
             if dilation > 1:
                 _dilate_basic_stage(stage, dilation)
     else:
         net = _TORCHVISION[name](weights=None, replace_stride_with_dilation=dilated)
         if base_width != 64:
-            _set_base_width(net, Bottleneck, base_width, dilated)
+            set_base_width(net, Bottleneck, base_width, dilated)
     if name == "resnet101_deepstem":
         _make_deep_stem(net)
     return ResNetBackbone(net, name, output_stride)
@@ -114,7 +114,7 @@ def _out_channels(stage: nn.Sequential) -> int:
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
 
-def _set_base_width(
+def set_base_width(
     net: tvm.ResNet, block: type, width: int, dilated: list[bool] | None = None
 ) -> None:
     """Rebuild the stem and the four stages of ``net`` at widths w-2w-4w-8w, in place."""

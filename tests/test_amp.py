@@ -18,6 +18,8 @@ from utils.strategies import get_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
+    "Network.pretrained=",
+    "Network.random_init=true",
     "Network.backbone=resnet18",
     "Network.base_width=8",
     "Network.decoder_channels=32",

@@ -242,3 +242,24 @@ def test_cityscapes_bad_data(city_root):
         CityscapesDataset(city_root, ["aachen_000000_000019"], "valid", split="train")
     with pytest.raises(UserError):
         CityscapesDataset(city_root, ["aachen/aachen_000000_000019"], "valid", split="test")
+
+
+def test_label_map_reads_a_coarser_labelling_of_the_same_files(tmp_path: Path):
+    """FashionScenes v2 reads v1's label files through FASHION6_MAP: every stored class goes
+    to its group, ignore stays ignore, a value outside the stored classes is an error."""
+    from demo.fashion_scenes import FASHION6_CLASSES, FASHION6_MAP, FASHION_CLASSES
+
+    root = tmp_path / "fs"
+    arr = (np.arange(H * W) % len(FASHION_CLASSES)).reshape(H, W).astype(np.uint8)
+    arr[0, :3] = 255
+    write_jpg(root / "JPEGImages" / "s.jpg", 0)
+    write_label(root / "SegmentationClassAug" / "s.png", arr)
+    ds = VOCDataset(root, ["s"], "valid", num_classes=len(FASHION6_CLASSES), label_map=FASHION6_MAP)
+    label = ds[0]["label"].numpy()
+    expected = np.asarray(FASHION6_MAP)[np.minimum(arr, 10)].astype(np.int64)
+    expected[0, :3] = -1
+    assert np.array_equal(label, expected)
+    assert set(np.unique(label)) == {-1, *range(len(FASHION6_CLASSES))}
+    arr[5, 5] = 11  # not a v1 class
+    write_label(root / "SegmentationClassAug" / "s.png", arr)
+    assert "11" in _error(ds)

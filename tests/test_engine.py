@@ -41,7 +41,13 @@ from utils.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("supervised", "ori_pseudo", "mix_label", "cross_label")
 TOTAL_ITER, EVAL_EVERY = 4, 2
+# The end-to-end tests train FashionScenes v1 (10 garments) from scratch: the expected values
+# below are derived from its label files, and no weights file is read.
 TINY = [
+    "Dataset.name=fashionscenes",
+    "Network.num_class=11",
+    "Network.pretrained=",
+    "Network.random_init=true",
     "Network.backbone=resnet18",
     "Network.rep_dim=32",
     "Dataset.crop_size=[64,64]",

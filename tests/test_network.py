@@ -421,3 +421,18 @@ def test_base_width_rejects_bad_values_and_imagenet_weights(tmp_path) -> None:
     torch.save(tvm.resnet18(weights=None).state_dict(), path)
     with pytest.raises(UserError, match=str(path)):
         build_model("resnet18", 5, 16, pretrained=str(path), base_width=32)
+
+
+def test_narrow_pretrained_weights_load_when_they_fit_and_name_the_keys_when_not(tmp_path):
+    src = build_backbone("resnet18", 16, base_width=16)
+    path = tmp_path / "w16.pth"
+    torch.save({k: v for k, v in src.state_dict().items()}, path)
+    dst = build_backbone("resnet18", 16, base_width=16)
+    load_backbone_weights(dst, str(path))
+    assert all(
+        torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values())
+    )
+    with pytest.raises(
+        UserError, match=r"conv1\.weight has shape \(16, 3, 7, 7\), expected \(64, 3, 7, 7\)"
+    ):
+        load_backbone_weights(build_backbone("resnet18", 16, base_width=64), str(path))

@@ -92,15 +92,18 @@ def test_mix_label_ignores_exactly_disagreeing_pixels():
 
 def test_cross_label_switches_source_at_warm_up():
     t = hand_teacher()
-    before = cross_label(t, 4, {"warm_up": 5})
-    at = cross_label(t, 5, {"warm_up": 5})
-    after = cross_label(t, 9, {"warm_up": 5})
+    loss = {"warm_up": 5, "rep_un_threshold": 0.6}
+    before = cross_label(t, 4, loss)
+    at = cross_label(t, 5, loss)
+    after = cross_label(t, 9, loss)
+    assert before.un_threshold is None  # Loss.un_threshold, as ori_pseudo
+    assert at.un_threshold == after.un_threshold == 0.6
     assert torch.equal(before.y_u, t.y_cls) and torch.equal(before.conf_u, t.conf_cls)
     for pl in (at, after):
         assert torch.equal(pl.y_u, t.y_rep) and torch.equal(pl.conf_u, t.conf_rep)
     for pl in (before, at, after):
         assert torch.equal(pl.y_con, t.y_cls) and torch.equal(pl.conf_con, t.conf_cls)
-    no_warm = cross_label(t, 0, {"warm_up": 0})
+    no_warm = cross_label(t, 0, {"warm_up": 0, "rep_un_threshold": 0.97})
     assert torch.equal(no_warm.y_u, t.y_rep)
 
 
@@ -130,4 +133,21 @@ def test_rep_strategies_require_rep_predictions():
     with pytest.raises(ValueError):
         mix_label(t, 0, NO_LOSS_KEYS)
     with pytest.raises(ValueError):
-        cross_label(t, 0, {"warm_up": 0})
+        cross_label(t, 0, {"warm_up": 0, "rep_un_threshold": 0.97})
+
+
+def test_cross_label_rep_threshold_makes_the_rep_direction_live():
+    """With C classes and tau, rep-space confidences never reach 1 / (1 + (C-1) e^(-2/tau)):
+    0.85 for C = 6... at tau = 0.5 the paper's 0.97 gives every image weight 0 after warm-up;
+    a threshold below the bound gives confident pixels a weight."""
+    from utils.losses import image_weights
+
+    c, tau = 6, 0.5
+    bound = 1 / (1 + (c - 1) * math.exp(-2 / tau))
+    t = hand_teacher()
+    conf_rep = torch.full_like(t.conf_rep, bound * 0.999)
+    t = TeacherPredictions(t.y_cls, t.conf_cls, t.y_rep, conf_rep)
+    for threshold, live in ((0.97, False), (0.6, True)):
+        pl = cross_label(t, 3, {"warm_up": 1, "rep_un_threshold": threshold})
+        w = image_weights(pl.y_u, pl.conf_u, pl.un_threshold)
+        assert bool((w > 0).all()) == live

@@ -38,6 +38,8 @@ class PseudoLabels:
     conf_u: torch.Tensor  # confidences for the unsupervised per-image weight
     y_con: torch.Tensor  # contrastive classes of unlabeled pixels, -1 = ignore
     conf_con: torch.Tensor  # confidences compared with weak_threshold
+    # confidence counted in the unsupervised weight; None = Loss.un_threshold
+    un_threshold: float | None = None
     agreement: torch.Tensor | None = None  # fraction of pixels where y_cls == y_rep
 
 
@@ -106,7 +108,10 @@ def cross_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> P
     """Each space supervises the other.
 
     Contrastive branch: ``y_cls`` / ``conf_cls``. Unsupervised CE: ``y_rep`` / ``conf_rep``
-    from epoch ``loss["warm_up"]`` on, ``y_cls`` / ``conf_cls`` before.
+    from epoch ``loss["warm_up"]`` on, ``y_cls`` / ``conf_cls`` before. After warm-up the
+    unsupervised weight counts rep-space confidences >= ``loss["rep_un_threshold"]``: with the
+    paper's 0.97 (= un_threshold) that direction is dead, since max softmax(cos / tau) is at
+    most 1 / (1 + (C - 1) e^(-2 / tau)) < 0.97; a lower value makes it live.
     """
     y_rep, conf_rep = _require_rep(t, "cross_label")
     warm = epoch < loss["warm_up"]
@@ -115,6 +120,7 @@ def cross_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> P
         conf_u=t.conf_cls if warm else conf_rep,
         y_con=t.y_cls,
         conf_con=t.conf_cls,
+        un_threshold=None if warm else loss["rep_un_threshold"],
         agreement=agreement(t),
     )
 
