@@ -1,5 +1,6 @@
 """The split tool and the shipped split folders."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES = {92: 1464, 183: 1464, 366: 1464, 732: 1464, 1464: 1464}  # classic: drawn from train
 VOC_SIZES.update({662: 10582, 1323: 10582, 2646: 10582, 5291: 10582})  # blended: from train_aug
 CITY_SIZES = (186, 372, 744, 1488)
-needs_id_lists = pytest.mark.skipif(
-    not (DEFAULT_ID_LISTS / "voc_trainaug.txt").is_file(),
-    reason=f"official id lists not found at {DEFAULT_ID_LISTS}",
-)
 
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess:
+def run_tool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tools.make_splits", *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,7 +106,15 @@ def test_shipped_split_sizes():
         assert len(lines(folder / "valid_filename.txt")) == 500
 
 
-@needs_id_lists
+def test_official_id_lists_ship_inside_the_repository():
+    assert DEFAULT_ID_LISTS == REPO / "dataset" / "id_lists"
+    sizes = {"voc_train": 1464, "voc_trainaug": 10582, "voc_val": 1449}
+    sizes.update({"cityscapes_train": 2975, "cityscapes_val": 500})
+    for name, size in sizes.items():
+        ids = lines(DEFAULT_ID_LISTS / f"{name}.txt")
+        assert len(ids) == len(set(ids)) == size, name
+
+
 def test_shipped_splits_partition_the_official_pools():
     voc_train = set(lines(DEFAULT_ID_LISTS / "voc_train.txt"))
     voc_aug = set(lines(DEFAULT_ID_LISTS / "voc_trainaug.txt"))
@@ -133,11 +138,14 @@ def test_shipped_splits_partition_the_official_pools():
         assert union == city_train
 
 
-@needs_id_lists
 def test_regenerating_the_shipped_splits_is_byte_identical(tmp_path):
+    """From a copy of the code alone (nothing beside it), as from a plain clone."""
+    clone = tmp_path / "clone"
+    for package in ("tools", "dataset", "utils"):
+        shutil.copytree(REPO / package, clone / package, ignore=shutil.ignore_patterns("__py*"))
     for dataset, shipped in (("voc", "VOC_split"), ("cityscapes", "CityScapes_split")):
         out = tmp_path / shipped
-        result = run_tool("--dataset", dataset, "--out", str(out))
+        result = run_tool("--dataset", dataset, "--out", str(out), cwd=clone)
         assert result.returncode == 0, result.stderr
         files = sorted(p.relative_to(REPO / shipped) for p in (REPO / shipped).rglob("*.txt"))
         assert files == sorted(p.relative_to(out) for p in out.rglob("*.txt"))

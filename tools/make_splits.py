@@ -1,8 +1,8 @@
 """Draw (or import) semi-supervised splits: ``<out>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``.
 
-The id pools come from the official id lists (``--id-lists``, default
-``../shared/data/id_lists`` next to the repository) or from a downloaded dataset
-(``--data-root``). Pools are sorted before drawing, so a split depends on the seed alone.
+The id pools come from the official id lists (``--id-lists``, default ``dataset/id_lists``
+in the repository) or from a downloaded dataset (``--data-root``). Pools are sorted before
+drawing, so a split depends on the seed alone.
 
 - VOC classic (92, 183, 366, 732, 1464): labeled drawn from the 1,464 train ids.
 - VOC blended (662, 1323, 2646, 5291): labeled drawn from the 10,582 train_aug ids.
@@ -31,7 +31,7 @@ from dataset.splits import draw_split, read_ids, split_dir, write_split  # noqa:
 from utils.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ID_LISTS = REPO.parent / "shared" / "data" / "id_lists"
+DEFAULT_ID_LISTS = REPO / "dataset" / "id_lists"  # the official id lists, shipped
 DEFAULT_OUT = {"voc": REPO / "VOC_split", "cityscapes": REPO / "CityScapes_split"}
 DEFAULT_SEED = 3407
 
