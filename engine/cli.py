@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from engine import launch, loop
 from engine.config import DEFAULT_CONFIG, dump_config, load_config
+from engine.data import split_name
 from engine.run import build_run, check_resume_compatible, restore
 from utils.checkpoint import load_checkpoint
 from utils.dist import init_distributed, is_dist, is_main_process
@@ -48,8 +49,12 @@ def parse_args(strategy: str, argv: list[str] | None = None) -> argparse.Namespa
 
 
 def default_work_dir(cfg: dict, strategy: Strategy) -> Path:
+    """``runs/<dataset>_<strategy>_<num_labels>[_<split>]_seed<Seed>`` (the split named only
+    where it is not the seed's own)."""
     d = cfg["Dataset"]
-    return Path("runs") / f"{d['name']}_{strategy.name}_{d['num_labels']}_seed{cfg['Seed']}"
+    split = split_name(cfg)
+    named = "" if split == str(cfg["Seed"]) else f"_{split}"
+    return Path("runs") / f"{d['name']}_{strategy.name}_{d['num_labels']}{named}_seed{cfg['Seed']}"
 
 
 def setup_logging(work_dir: Path | None) -> None:

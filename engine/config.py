@@ -4,7 +4,7 @@ Every key of the schema below must be present, no other key may be, and every va
 checked for type and range. A problem stops with one line naming the key, the value and
 what was expected (``UserError``; the entry points print it and exit with status 2).
 
-    python -m engine.config configs/voc.yaml Dataset.num_labels=183 Seed=1
+    python -m engine.config configs/voc.yaml Dataset.num_labels=183 Dataset.split=3407 Seed=1
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from dataset.batch_augment import MIX_MODES
+from dataset.splits import SEED_SPLIT
 from engine.data import DATASETS
 from engine.evaluation import EVAL_MODES
 from network import BACKBONES
@@ -50,6 +51,10 @@ def _pos(v: float) -> bool:
 
 def _nonneg(v: float) -> bool:
     return v >= 0
+
+
+def _folder_name(v: str) -> bool:
+    return v not in ("", ".", "..") and "/" not in v and "\\" not in v
 
 
 def _choice(options: Sequence[str]) -> Callable[[Any], bool]:
@@ -92,6 +97,12 @@ SCHEMA: dict[str, Any] = {
         "data_dir": Key("str", lambda v: v != "", "a path", "dataset root"),
         "txt_dir": Key("str", lambda v: v != "", "a path", "split folder root"),
         "num_labels": Key("int", _pos, "> 0", "labeled images (selects the split folder)"),
+        "split": Key(
+            "str",
+            _folder_name,
+            f"{SEED_SPLIT} or a plain folder name",
+            f"split folder under <txt_dir>/<num_labels>/: {SEED_SPLIT} = the one named by Seed",
+        ),
         "batch_size": Key("int", _pos, "> 0", "labeled = unlabeled images per process"),
         "crop_size": Key("int2", lambda v: min(v) > 0, "two positive ints", "training crop [H, W]"),
         "scale_size": Key(
@@ -147,6 +158,26 @@ SCHEMA: dict[str, Any] = {
         "teacher_on_labeled": Key("bool", doc="paper quirk: teacher also runs on labeled batch"),
     },
 }
+
+
+# Keys added to the schema after checkpoints were first written, each with the value that
+# reproduces what a config written before it meant (the standard widths; the split folder
+# named by the seed). ``with_added_keys`` fills them into an older checkpoint's config.
+ADDED_KEYS: dict[str, Any] = {
+    "Network.base_width": 64,
+    "Network.decoder_channels": 256,
+    "Dataset.split": SEED_SPLIT,
+}
+
+
+def with_added_keys(cfg: dict) -> dict:
+    """A copy of (an older) ``cfg`` with the keys of ``ADDED_KEYS`` it lacks filled in."""
+    cfg = copy.deepcopy(cfg)
+    for dotted, value in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(cfg.get(section), dict):
+            cfg[section].setdefault(key, value)
+    return cfg
 
 
 def _fail(key: str, value: Any, expect: str) -> UserError:

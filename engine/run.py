@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from dataset.transforms import normalize
-from engine.data import build_datasets
+from engine.config import with_added_keys
+from engine.data import build_datasets, split_name
 from network import build_model
 from utils.checkpoint import save_checkpoint
 from utils.dist import is_dist, is_main_process
@@ -36,6 +37,7 @@ RESUME_FIXED = (
     "Seed",
     *MODEL_KEYS,
     "Dataset.num_labels",
+    "Dataset.split",
     "Dataset.batch_size",
     "Dataset.crop_size",
 )
@@ -51,15 +53,25 @@ def config_value(cfg: dict, dotted: str) -> Any:
     return node
 
 
+def _compared(cfg: dict, dotted: str) -> Any:
+    """The value compared on resume: ``Dataset.split`` as the folder it names (``seed`` and
+    the seed's number name the same split)."""
+    if dotted == "Dataset.split" and isinstance(cfg.get("Dataset"), dict) and "Seed" in cfg:
+        return split_name(cfg)
+    return config_value(cfg, dotted)
+
+
 def check_resume_compatible(
     saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
 ) -> None:
-    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error)."""
-    diff = [k for k in keys if config_value(saved, k) != config_value(cfg, k)]
+    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error).
+
+    A key the checkpoint's (older) config lacks counts as its ``ADDED_KEYS`` value.
+    """
+    saved = with_added_keys(saved)
+    diff = [k for k in keys if _compared(saved, k) != _compared(cfg, k)]
     if diff:
-        shown = ", ".join(
-            f"{k} ({config_value(saved, k)!r} -> {config_value(cfg, k)!r})" for k in diff
-        )
+        shown = ", ".join(f"{k} ({_compared(saved, k)!r} -> {_compared(cfg, k)!r})" for k in diff)
         raise UserError(f"{path} was trained with another model or dataset: {shown}")
 
 

@@ -225,7 +225,7 @@ def plain_eval(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 # ------------------------------------------------------------------------------ non-finite
 
 
-def test_checkpoint_config_lacking_a_model_key_is_refused_by_name() -> None:
+def test_checkpoint_config_lacking_a_key_reads_as_before_the_key() -> None:
     cfg = load_config(DEFAULT_CONFIG)
     assert {"Network.base_width", "Network.decoder_channels"} <= set(MODEL_KEYS)
     check_resume_compatible(copy.deepcopy(cfg), cfg, Path("ok.pth"), MODEL_KEYS)
@@ -235,8 +235,29 @@ def test_checkpoint_config_lacking_a_model_key_is_refused_by_name() -> None:
         check_resume_compatible(old, cfg, Path("old.pth"), MODEL_KEYS)
     message = str(err.value)
     assert "old.pth" in message and "\n" not in message
-    assert "Network.base_width (None -> 16)" in message
-    assert "Network.decoder_channels (None -> 64)" in message
+    # written before the width keys existed = the standard network (ADDED_KEYS)
+    assert "Network.base_width (64 -> 16)" in message
+    assert "Network.decoder_channels (256 -> 64)" in message
+    standard = load_config(
+        DEFAULT_CONFIG, ["Network.base_width=64", "Network.decoder_channels=256"]
+    )
+    check_resume_compatible(old, standard, Path("old.pth"), MODEL_KEYS)
+    del old["Dataset"]["split"]  # and before Dataset.split: the seed's folder
+    check_resume_compatible(old, standard, Path("old.pth"))
+
+
+def test_default_work_dir_names_a_split_apart_from_the_seed() -> None:
+    from engine.cli import default_work_dir
+    from utils.strategies import get_strategy
+
+    mix = get_strategy("mix_label")
+    cfg = load_config(DEFAULT_CONFIG, ["Seed=1"])
+    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes_mix_label_125_seed1")
+    cfg = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=u2pl"])
+    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes_mix_label_125_u2pl_seed1")
+    same = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=1"])  # the seed's own folder
+    assert default_work_dir(same, mix) == Path("runs/fashionscenes_mix_label_125_seed1")
+    check_resume_compatible(load_config(DEFAULT_CONFIG, ["Seed=1"]), same, Path("x.pth"))
 
 
 def test_check_finite_names_iteration_and_every_term() -> None:
@@ -521,7 +542,14 @@ BAD_INPUTS = [
         ["Dataset.data_dir", "/nonexistent"],
         False,
     ),
-    ("missing_split_new", "mix_label", ["NUM_LABELS=17"], "new", ["17/3407"], False),
+    (
+        "missing_split_new",
+        "mix_label",
+        ["NUM_LABELS=17"],
+        "new",
+        ["17/3407", "python -m demo.fashion_scenes --write-splits --num-labels 17 --seeds 3407"],
+        False,
+    ),
     ("missing_split_previous", "mix_label", ["EMPTY_TXT_DIR"], "previous", ["16/3407"], False),
     (
         "missing_config",
@@ -551,6 +579,14 @@ BAD_INPUTS = [
         False,
     ),
     ("other_strategy_latest", "ori_pseudo", [], "previous", ["latest.pth", "mix_label"], False),
+    (
+        "other_split_latest",
+        "mix_label",
+        ["Dataset.split=u2pl"],
+        "previous",
+        ["latest.pth", "Dataset.split ('3407' -> 'u2pl')"],
+        False,
+    ),
     (
         "missing_pretrained",
         "mix_label",
