@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dataset.transforms import normalize
-from engine.config import with_added_keys
+from engine.config import apply_overrides, load_config, validate, with_added_keys
 from engine.data import build_datasets, split_name
 from network import build_model
 from utils.checkpoint import save_checkpoint
@@ -267,6 +267,30 @@ def restore(run: Run, state: dict) -> None:
     run.best_miou = float(state["best_miou"])
     run.history = list(state["history"])
     run.seconds_before = float(state.get("wall_seconds", 0.0))
+
+
+def inference_config(
+    state: dict, path: Path, config: str | Path | None, overrides: list[str] = ()
+) -> dict:
+    """The config ``evaluate.py`` / ``predict.py`` use for the checkpoint ``state`` at ``path``.
+
+    Without ``config``: the checkpoint's own (an older one completed with ``ADDED_KEYS``).
+    With it: that file, whose model keys must agree with the checkpoint's (the training-only
+    keys, batch, crop, split, may differ). ``overrides`` apply to either and are checked the
+    same way. Used by every tool that reads a trained checkpoint, so one checkpoint works in
+    all of them.
+    """
+    saved = state.get("config")
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif saved is None:
+        raise UserError(f"{path} holds no config: give --config (e.g. configs/voc.yaml)")
+    else:
+        source = f"{path} (its config; --config to use another)"
+        cfg = validate(apply_overrides(with_added_keys(saved), overrides), source)
+    if saved is not None:
+        check_resume_compatible(saved, cfg, path, MODEL_KEYS)
+    return cfg
 
 
 def result_model_key(state: dict) -> str:

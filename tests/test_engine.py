@@ -520,7 +520,10 @@ def in_process(module, argv: list[str], capsys, monkeypatch) -> SimpleNamespace:
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: True)  # process-global
     capsys.readouterr()
-    code = module.main(*argv)
+    try:
+        code = module.main(*argv)
+    except SystemExit as stop:  # a command-line error (argparse)
+        code = stop.code
     out = capsys.readouterr()
     return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
@@ -599,7 +602,24 @@ BAD_INPUTS = [
         ["/nonexistent.pth"],
         True,
     ),
-    ("fresh_with_latest", "mix_label", ["--fresh"], "previous", ["latest.pth", "--fresh"], False),
+    (
+        "no_resume_with_latest",
+        "mix_label",
+        ["--no-resume"],
+        "previous",
+        ["latest.pth", "--no-resume"],
+        False,
+    ),
+    ("fresh_is_renamed", "mix_label", ["--fresh"], "previous", ["--fresh", "--no-resume"], False),
+    (
+        "paper_flag",
+        "mix_label",
+        ["--num_labels", "92"],
+        "new",
+        ["--num_labels", "Dataset.num_labels=92"],
+        False,
+    ),
+    ("misspelt_flag", "mix_label", ["--work_dir=x"], "new", ["did you mean --work-dir?"], False),
 ]
 
 
@@ -641,6 +661,49 @@ def test_bad_input_exits_2_and_changes_nothing(
     else:
         assert "latest.pth" in before
         assert snapshot(work_dir) == before
+
+
+# ------------------------------------------------------------------------------ run folder
+
+
+def test_config_path_is_the_run_folders_own(tmp_path: Path) -> None:
+    from engine.cli import config_path, parse_args
+
+    run = tmp_path / "run"
+    assert config_path(parse_args("mix_label", ["--work-dir", str(run)])) == DEFAULT_CONFIG
+    run.mkdir()
+    (run / "config.yaml").write_text("Seed: 1\n")
+    assert config_path(parse_args("mix_label", ["--work-dir", str(run)])) == run / "config.yaml"
+    given = parse_args("mix_label", ["--work-dir", str(run), "--config", "configs/voc.yaml"])
+    assert config_path(given) == Path("configs/voc.yaml")
+    assert config_path(parse_args("mix_label", [])) == DEFAULT_CONFIG
+
+
+@pytest.mark.slow
+def test_a_run_folder_resumes_with_its_own_config(
+    runs: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``--work-dir X`` alone resumes X with X/config.yaml (the tiny network and split were
+    never repeated); the refusal rules for changed keys are those of --config."""
+    from engine import cli as engine
+
+    work_dir = tmp_path / "run"
+    shutil.copytree(runs["mix_label"].dir, work_dir)
+    refused = in_process(
+        engine,
+        ["mix_label", ["--work-dir", str(work_dir), "Network.backbone=resnet34"]],
+        capsys,
+        monkeypatch,
+    )
+    check_one_line_error(refused, "latest.pth", "Network.backbone ('resnet18' -> 'resnet34')")
+    proc = python(["mix_label.py", "--work-dir", str(work_dir), "Training.total_iter=5"])
+    check_ok(proc)
+    assert f"resuming at iteration {TOTAL_ITER}" in proc.stdout
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["iterations"] == 5
+    remembered = yaml.safe_load((work_dir / "config.yaml").read_text())
+    assert remembered["Training"]["total_iter"] == 5  # the last start's overrides
+    assert remembered["Network"]["rep_dim"] == 32 and remembered["Dataset"]["batch_size"] == 2
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -696,6 +759,40 @@ def test_evaluate_checks_only_the_model_keys(
         monkeypatch,
     )
     assert bad.returncode == 2 and "Network.backbone" in bad.stderr and ckpt in bad.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_take_the_checkpoints_config(
+    runs: dict, plain_eval: dict, fashion_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """No --config, no overrides: the checkpoint's own config, in evaluate.py and predict.py
+    alike, also for an older checkpoint whose config lacks a key added since; --config is
+    checked against it."""
+    import evaluate
+    import predict
+
+    state = load_state(runs["mix_label"].dir / "latest.pth")
+    del state["config"]["Dataset"]["split"]  # written before Dataset.split existed
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    out = tmp_path / "eval.json"
+    with one_thread():
+        res = in_process(
+            evaluate, [["--checkpoint", str(old), "--out", str(out)]], capsys, monkeypatch
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text())["miou"] == plain_eval["json"]["miou"]
+        image = fashion_root / "JPEGImages" / "val_00000.jpg"
+        argv = ["--checkpoint", str(old), "--input", str(image), "--output", str(tmp_path / "p")]
+        res = in_process(predict, [argv], capsys, monkeypatch)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "p" / "val_00000.png").is_file()
+    for module, args in (
+        (evaluate, ["--checkpoint", str(old), "--config", "configs/voc.yaml"]),
+        (predict, [*argv, "--config", "configs/voc.yaml"]),
+    ):
+        bad = in_process(module, [args], capsys, monkeypatch)
+        check_one_line_error(bad, str(old), "Network.num_class (11 -> 21)")
 
 
 def test_evaluate_flip_and_scales(
