@@ -4,7 +4,9 @@ as JSON.
 The config is the checkpoint's own (the one it was trained with), so a checkpoint is all it
 needs; --config evaluates it with another file (its model keys must agree with the
 checkpoint's: backbone, classes, output stride, rep dim, widths, dataset), and trailing
-Section.key=value overrides apply to either (e.g. another Dataset.data_dir). The network
+Section.key=value overrides apply to either (e.g. another Dataset.data_dir). A checkpoint
+of the paper code (model / ema_model / numpy prototypes) holds no config: give --config,
+e.g. configs/voc.yaml; its ema_model is the teacher. The network
 evaluated is the run's result: the teacher, or the student of a supervised run (--model).
 Under torchrun each process takes a disjoint share of the images and the confusion matrix
 is summed, so a sharded evaluation equals a one-process one.
@@ -21,8 +23,14 @@ import torch
 
 from engine.data import build_datasets, class_names
 from engine.evaluation import EVAL_MODES, evaluate, format_table
-from engine.run import amp_dtype_for, build_network_for_eval, inference_config, result_model_key
-from utils.checkpoint import load_checkpoint
+from engine.run import (
+    amp_dtype_for,
+    build_network_for_eval,
+    inference_config,
+    load_trained_checkpoint,
+    result_model_key,
+)
+from utils.checkpoint import load_weights
 from utils.command_line import ArgumentParser
 from utils.dist import init_distributed, is_dist, is_main_process
 from utils.errors import UserError
@@ -32,6 +40,8 @@ EXAMPLES = """examples:
   python evaluate.py --checkpoint CKPT --mode sliding --flip --scales 0.75,1.0,1.25
   python evaluate.py --checkpoint CKPT Dataset.data_dir=/data/VOC2012    # the data moved
   torchrun --nproc_per_node=4 evaluate.py --checkpoint CKPT               # sharded
+  python evaluate.py --checkpoint checkpoints/VOC_92_mix_label/best_model.pth --config configs/voc.yaml
+      # a checkpoint of the paper code (model / ema_model / prototypes; it holds no config)
 """
 
 
@@ -74,6 +84,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         metavar="Section.key=value",
         help="config overrides (the model keys must still agree with the checkpoint's)",
     )
@@ -100,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         scales = parse_scales(args.scales)
-        state = load_checkpoint(args.checkpoint, required=("teacher", "student"))
+        state = load_trained_checkpoint(args.checkpoint)
         cfg = inference_config(state, Path(args.checkpoint), args.config, args.overrides)
-        datasets = build_datasets(cfg)
-        device, _, _ = init_distributed()
         which = args.model
         if which == "auto":
             which = result_model_key(state)
-        model = build_network_for_eval(cfg).to(device)
-        model.load_state_dict(state[which])
+        model = build_network_for_eval(cfg)
+        load_weights(model, state[which], f"{args.checkpoint} ({which})")
+        datasets = build_datasets(cfg)
+        device, _, _ = init_distributed()
+        model = model.to(device)
         mode = args.mode or cfg["Training"]["eval_mode"]
         cm = evaluate(
             model,

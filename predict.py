@@ -3,7 +3,8 @@ pixel) and side-by-side overlays (image | image blended with the mask).
 
 The network is the run's result (the teacher, or the student of a supervised run) and the
 config is the checkpoint's own, as in evaluate.py; --config uses another file (its model
-keys must agree with the checkpoint's). No dataset is read.
+keys must agree with the checkpoint's; a checkpoint of the paper code needs it). No dataset
+is read.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from dataset.base import read_image
 from dataset.palette import voc_palette
 from dataset.transforms import normalize
 from engine.evaluation import EVAL_MODES, predict
-from engine.run import build_network_for_eval, inference_config, result_model_key
-from utils.checkpoint import load_checkpoint
+from engine.run import (
+    build_network_for_eval,
+    inference_config,
+    load_trained_checkpoint,
+    result_model_key,
+)
+from utils.checkpoint import load_weights
 from utils.command_line import ArgumentParser
 from utils.errors import UserError
 
@@ -65,6 +71,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         metavar="Section.key=value",
         help="config overrides (e.g. Training.eval_crop_size=[769,769])",
     )
@@ -96,12 +103,13 @@ def overlay(img: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        state = load_checkpoint(args.checkpoint, required=("teacher", "student"))
+        state = load_trained_checkpoint(args.checkpoint)
         cfg = inference_config(state, Path(args.checkpoint), args.config, args.overrides)
         files = list_inputs(Path(args.input))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = build_network_for_eval(cfg).to(device).eval()
-        model.load_state_dict(state[result_model_key(state)])
+        which = result_model_key(state)
+        load_weights(model, state[which], f"{args.checkpoint} ({which})")
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         palette = voc_palette()

@@ -95,11 +95,19 @@ each of them stops with one line naming the new spelling (README: "Coming from t
 """
 
 
+RUN_RULES = """
+The config is --config, else the run folder's config.yaml (the run's own), else
+configs/demo.yaml; trailing Section.key=value pairs override it. Everything is validated
+before the run folder is touched: bad input stops with one line "error: ..." (exit 2). A
+run folder holding latest.pth is resumed (refused, naming the keys, if the model or data
+keys changed). Ctrl-C or SIGTERM finishes the step and writes latest.pth."""
+
+
 def build_parser(strategy: str, description: str | None = None) -> ArgumentParser:
+    first = description or f"Train DeepLabv3+ with the {strategy} strategy (CSS, ICCV 2023)."
     p = ArgumentParser(
         prog=f"{strategy}.py",
-        description=description
-        or f"Train DeepLabv3+ with the {strategy} strategy (CSS, ICCV 2023).",
+        description=first.rstrip() + "\n" + RUN_RULES,
         epilog=examples(strategy),
         renamed=RENAMED_FLAGS,
     )
@@ -133,6 +141,7 @@ def build_parser(strategy: str, description: str | None = None) -> ArgumentParse
     p.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         metavar="Section.key=value",
         help="config overrides, typed by the value they replace (e.g. Dataset.num_labels=92)",
     )
@@ -226,7 +235,7 @@ def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | N
     setup_logging(None)
     run = build_run(cfg, strategy, device, rank, world)
     if state is not None:
-        restore(run, state)
+        restore(run, state, str(work_dir / "latest.pth"))
     if is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.yaml").write_text(dump_config(cfg))

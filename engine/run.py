@@ -14,8 +14,8 @@ from torch import nn
 from dataset.transforms import normalize
 from engine.config import apply_overrides, load_config, validate, with_added_keys
 from engine.data import build_datasets, split_name
-from network import build_model
-from utils.checkpoint import save_checkpoint
+from network import build_model, from_paper_layout
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_dist, is_main_process
 from utils.ema import make_teacher
 from utils.errors import UserError
@@ -257,9 +257,11 @@ def make_checkpoint(run: Run) -> dict:
     }
 
 
-def restore(run: Run, state: dict) -> None:
-    run.student.load_state_dict(state["student"])
-    run.teacher.load_state_dict(state["teacher"])
+def restore(run: Run, state: dict, source: str = "checkpoint") -> None:
+    """Put a checkpoint's state into ``run``; weights that do not fit are a one-line
+    ``UserError`` naming ``source``."""
+    load_weights(run.student, state["student"], f"{source} (student)")
+    load_weights(run.teacher, state["teacher"], f"{source} (teacher)")
     run.prototypes.load_state_dict(state["prototypes"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
@@ -267,6 +269,33 @@ def restore(run: Run, state: dict) -> None:
     run.best_miou = float(state["best_miou"])
     run.history = list(state["history"])
     run.seconds_before = float(state.get("wall_seconds", 0.0))
+
+
+def load_trained_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of a trained run for ``evaluate.py`` / ``predict.py``: ours, or one of the
+    paper code (its ``model`` / ``ema_model`` state dicts and numpy ``prototypes``), turned
+    into ours: ``student``, ``teacher`` (its EMA model, the result), ``prototypes``, and
+    ``config`` None (it holds none: ``--config`` says which)."""
+    state = load_checkpoint(path, required=())
+    if "teacher" in state and "student" in state:
+        return state
+    if isinstance(state.get("model"), dict) and isinstance(state.get("ema_model"), dict):
+        proto = state.get("prototypes")
+        return {
+            "student": from_paper_layout(state["model"]),
+            "teacher": from_paper_layout(state["ema_model"]),
+            "prototypes": None
+            if proto is None
+            else {"proto": torch.as_tensor(proto, dtype=torch.float32)},
+            "config": None,
+            "epoch": state.get("epoch"),
+            "iteration": None,
+            "source": "paper code",
+        }
+    raise UserError(
+        f"{path} is not a training checkpoint: it holds neither student / teacher (this "
+        "project) nor model / ema_model (the paper code)"
+    )
 
 
 def inference_config(
@@ -284,7 +313,12 @@ def inference_config(
     if config is not None:
         cfg = load_config(config, overrides)
     elif saved is None:
-        raise UserError(f"{path} holds no config: give --config (e.g. configs/voc.yaml)")
+        classes = getattr(state.get("teacher", {}).get("classifier.3.weight"), "shape", [0])[0]
+        name = {19: "cityscapes"}.get(classes, "voc")
+        raise UserError(
+            f"{path} holds no config (a checkpoint of the paper code): give the config it was "
+            f"trained with, e.g. --config configs/{name}.yaml"
+        )
     else:
         source = f"{path} (its config; --config to use another)"
         cfg = validate(apply_overrides(with_added_keys(saved), overrides), source)

@@ -795,6 +795,149 @@ def test_evaluate_and_predict_take_the_checkpoints_config(
         check_one_line_error(bad, str(old), "Network.num_class (11 -> 21)")
 
 
+def test_weights_that_do_not_fit_are_one_line_naming_keys_and_shapes() -> None:
+    from utils.checkpoint import load_weights
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    load_weights(model, good, "ok.pth")
+    bad = {**good, "0.weight": torch.zeros(5, 3, 1, 1), "extra.bias": torch.zeros(1)}
+    del bad["1.bias"]
+    with pytest.raises(UserError) as err:
+        load_weights(model, bad, "bad.pth (teacher)")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("bad.pth (teacher): ")
+    assert "0.weight has shape (5, 3, 1, 1), expected (4, 3, 1, 1)" in message
+    assert "missing key 1.bias" in message and "unexpected key extra.bias" in message
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_fit_is_one_line(
+    runs: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import evaluate
+    from engine import cli as engine
+
+    work_dir = tmp_path / "run"
+    shutil.copytree(runs["mix_label"].dir, work_dir)
+    state = load_state(work_dir / "latest.pth")
+    for net in ("student", "teacher"):
+        state[net]["classifier.3.weight"] = state[net]["classifier.3.weight"][:5]
+    torch.save(state, work_dir / "latest.pth")
+    ckpt = str(work_dir / "latest.pth")
+    res = in_process(evaluate, [["--checkpoint", ckpt]], capsys, monkeypatch)
+    check_one_line_error(res, f"{ckpt} (teacher)", "classifier.3.weight has shape (5, ")
+    res = in_process(engine, ["mix_label", ["--work-dir", str(work_dir)]], capsys, monkeypatch)
+    check_one_line_error(res, f"{ckpt} (student)", "classifier.3.weight has shape (5, ")
+
+
+def paper_layout(state: dict) -> dict:
+    """Our state dict under the paper code's module names (its DeepLabv3Plus_with_rep:
+    resnet_conv1 / resnet_bn1 / resnet_layer1-4, ASPP.convs[0-4] with the image pooling as
+    (pool, conv, BN, ReLU), ASPP.project, project, classifier, representation)."""
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in (
+            ("backbone.conv1.", "resnet_conv1."),
+            ("backbone.bn1.", "resnet_bn1."),
+            ("backbone.layer", "resnet_layer"),
+            ("aspp.branches.4.conv.0.", "ASPP.convs.4.1."),
+            ("aspp.branches.4.conv.1.", "ASPP.convs.4.2."),
+            ("aspp.branches.", "ASPP.convs."),
+            ("aspp.project.", "ASPP.project."),
+        ):
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+                break
+        out[key] = value
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_read_the_paper_codes_checkpoints(
+    runs: dict, plain_eval: dict, fashion_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A checkpoint as the paper code saves it (``model``, ``ema_model``, numpy
+    ``prototypes``, no config) evaluates to the same mIoU with --config."""
+    import evaluate
+    import predict
+
+    mix = runs["mix_label"]
+    state = load_state(mix.dir / "latest.pth")
+    teacher = paper_layout(state["teacher"])
+    for key in ("resnet_layer1.0.conv1.weight", "ASPP.convs.4.1.weight", "ASPP.convs.4.2.bias",
+                "ASPP.project.0.weight", "classifier.3.bias", "representation.3.weight"):  # fmt: skip
+        assert key in teacher, key
+    paper = {
+        "epoch": 3,
+        "model": paper_layout(state["student"]),
+        "ema_model": teacher,
+        "optimizer": state["optimizer"],
+        "lr_scheduler": {"last_epoch": TOTAL_ITER, "base_lrs": [0.02]},
+        "prototypes": state["prototypes"]["proto"].numpy(),
+    }
+    ckpt = tmp_path / "best_model.pth"
+    torch.save(paper, ckpt)
+    config = str(mix.dir / "config.yaml")
+    out = tmp_path / "paper.json"
+    with one_thread():
+        res = in_process(
+            evaluate,
+            [["--checkpoint", str(ckpt), "--config", config, "--out", str(out)]],
+            capsys,
+            monkeypatch,
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text())["miou"] == plain_eval["json"]["miou"]
+        image = fashion_root / "JPEGImages" / "val_00000.jpg"
+        masks = {}
+        for name, path, extra in (("paper", ckpt, ["--config", config]),
+                                  ("ours", mix.dir / "latest.pth", [])):  # fmt: skip
+            argv = [
+                "--checkpoint",
+                str(path),
+                "--input",
+                str(image),
+                "--output",
+                str(tmp_path / name),
+            ]
+            res = in_process(predict, [[*argv, *extra]], capsys, monkeypatch)
+            assert res.returncode == 0, res.stderr
+            masks[name] = np.asarray(Image.open(tmp_path / name / "val_00000.png"))
+    assert np.array_equal(masks["paper"], masks["ours"])
+    res = in_process(evaluate, [["--checkpoint", str(ckpt)]], capsys, monkeypatch)
+    check_one_line_error(res, str(ckpt), "holds no config", "--config configs/")
+    res = in_process(
+        evaluate, [["--checkpoint", str(ckpt), "--config", "configs/voc.yaml"]], capsys, monkeypatch
+    )
+    check_one_line_error(res, f"{ckpt} (teacher)", "do not fit", "has shape")
+
+
+def test_checkpoints_with_numpy_arrays_load_safely(tmp_path: Path) -> None:
+    """numpy arrays (the paper code's prototypes) load with weights_only, whether numpy 2 or
+    numpy 1 (``numpy.core.multiarray``) wrote them; other objects are still refused."""
+    import zipfile
+
+    from utils.checkpoint import load_checkpoint
+
+    proto = np.arange(12, dtype=np.float32).reshape(3, 4)
+    new = tmp_path / "new.pth"
+    torch.save({"prototypes": proto, "epoch": 1}, new)
+    old = tmp_path / "old.pth"
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    for path in (new, old):
+        assert np.array_equal(load_checkpoint(path, required=())["prototypes"], proto)
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": SimpleNamespace(a=1)}, evil)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(evil, required=())
+
+
 def test_evaluate_flip_and_scales(
     runs: dict, plain_eval: dict, tmp_path: Path, fashion_root: Path, tiny_split: Path
 ) -> None:

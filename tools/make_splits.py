@@ -203,7 +203,7 @@ EXAMPLES = """examples:
 """
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
     parser.add_argument(
         "--dataset", required=True, choices=("voc", "cityscapes"), help="the dataset"
@@ -265,6 +265,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --import-labeled: the split folder, <out>/<count>/<name>/; select it with "
         "Dataset.split=<name>",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.name is not None and args.import_labeled is None:
         parser.error("--name only goes with --import-labeled")
