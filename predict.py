@@ -1,8 +1,10 @@
-"""Predict masks for images with a trained checkpoint: VOC-palette PNG masks and
-side-by-side overlays (image | image blended with the mask).
+"""Predict masks for your images with a trained checkpoint: palette PNG masks (class index per
+pixel) and side-by-side overlays (image | image blended with the mask).
 
-    python predict.py --checkpoint runs/x/best.pth --input photo.jpg --output out/
-    python predict.py --checkpoint runs/x/best.pth --input folder/ --output out/ --mode sliding
+The network is the run's result (the teacher, or the student of a supervised run) and the
+config is the checkpoint's own, as in evaluate.py; --config uses another file (its model
+keys must agree with the checkpoint's; a checkpoint of the paper code needs it). No dataset
+is read.
 """
 
 from __future__ import annotations
@@ -18,24 +20,66 @@ from PIL import Image
 from dataset.base import read_image
 from dataset.palette import voc_palette
 from dataset.transforms import normalize
-from engine.config import validate
 from engine.evaluation import EVAL_MODES, predict
-from engine.run import build_network_for_eval, result_model_key
-from utils.checkpoint import load_checkpoint
+from engine.run import (
+    build_network_for_eval,
+    inference_config,
+    load_trained_checkpoint,
+    result_model_key,
+)
+from utils.checkpoint import load_weights
+from utils.command_line import ArgumentParser
 from utils.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+EXAMPLES = """examples:
+  python predict.py --checkpoint runs/x/best.pth --input photo.jpg --output out/
+  python predict.py --checkpoint runs/x/best.pth --input folder/ --output out/ --mode sliding
+  -> out/photo.png (the mask) and out/photo_overlay.jpg
+"""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="predict.py", description=__doc__, epilog=EXAMPLES)
+    p.add_argument("--checkpoint", required=True, metavar="PTH", help="latest.pth / best.pth")
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help=f"an image file or a folder of images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="predict with this config instead of the checkpoint's own",
+    )
+    p.add_argument(
+        "--mode",
+        choices=EVAL_MODES[:2],
+        default="whole",
+        help="the whole image in one forward (default), or sliding windows of "
+        "Training.eval_crop_size",
+    )
+    p.add_argument("--flip", action="store_true", help="average with the flipped image")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="mask opacity in the overlay (default 0.5)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="Section.key=value",
+        help="config overrides (e.g. Training.eval_crop_size=[769,769])",
+    )
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="output folder (created)")
-    p.add_argument("--mode", choices=EVAL_MODES[:2], default="whole")
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -59,12 +103,13 @@ def overlay(img: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        state = load_checkpoint(args.checkpoint, required=("teacher", "student", "config"))
-        cfg = validate(state["config"], f"{args.checkpoint} (config)")
+        state = load_trained_checkpoint(args.checkpoint)
+        cfg = inference_config(state, Path(args.checkpoint), args.config, args.overrides)
         files = list_inputs(Path(args.input))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = build_network_for_eval(cfg).to(device).eval()
-        model.load_state_dict(state[result_model_key(state)])
+        which = result_model_key(state)
+        load_weights(model, state[which], f"{args.checkpoint} ({which})")
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         palette = voc_palette()

@@ -1,6 +1,7 @@
-"""Split files: ``<txt_dir>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``.
+"""Split files: ``<txt_dir>/<num_labels>/<split>/{labeled,unlabeled,valid}_filename.txt``.
 
-One image id per line. Drawing is deterministic for a seed: the pool is sorted first, so
+``<split>`` is the seed the split was drawn with (the paper's layout, e.g. ``3407``) or a
+name (e.g. ``u2pl`` for a split imported from another repository). One image id per line. Drawing is deterministic for a seed: the pool is sorted first, so
 the result depends on the seed and the set of ids alone, not on their order on disk.
 """
 
@@ -13,14 +14,22 @@ from pathlib import Path
 from utils.errors import UserError
 
 SPLIT_KINDS = ("labeled", "unlabeled", "valid")
+# ``Dataset.split`` spelling of the paper's layout: the split folder named by ``Seed``.
+SEED_SPLIT = "seed"
+# The standard label counts (SPEC section 6): VOC classic (drawn from the 1,464 finely
+# annotated train ids) and blended (from the 10,582 train_aug ids); Cityscapes.
+VOC_CLASSIC = (92, 183, 366, 732, 1464)
+VOC_BLENDED = (662, 1323, 2646, 5291)
+CITYSCAPES_SPLITS = (186, 372, 744, 1488)
 
 
-def split_dir(txt_dir: str | Path, num_labels: int, seed: int) -> Path:
-    return Path(txt_dir) / str(num_labels) / str(seed)
+def split_dir(txt_dir: str | Path, num_labels: int, split: str | int) -> Path:
+    """The folder of one split: ``split`` is a seed or a split name."""
+    return Path(txt_dir) / str(num_labels) / str(split)
 
 
-def split_file(txt_dir: str | Path, num_labels: int, seed: int, kind: str) -> Path:
-    return split_dir(txt_dir, num_labels, seed) / f"{kind}_filename.txt"
+def split_file(txt_dir: str | Path, num_labels: int, split: str | int, kind: str) -> Path:
+    return split_dir(txt_dir, num_labels, split) / f"{kind}_filename.txt"
 
 
 def draw_split(pool: Iterable[str], num_labels: int, seed: int) -> tuple[list[str], list[str]]:
@@ -35,13 +44,13 @@ def draw_split(pool: Iterable[str], num_labels: int, seed: int) -> tuple[list[st
 def write_split(
     txt_dir: str | Path,
     num_labels: int,
-    seed: int,
+    split: str | int,
     labeled: list[str],
     unlabeled: list[str],
     valid: list[str],
 ) -> Path:
-    """Write the three files of one split and return its folder."""
-    out = split_dir(txt_dir, num_labels, seed)
+    """Write the three files of one split (a seed or a name) and return its folder."""
+    out = split_dir(txt_dir, num_labels, split)
     out.mkdir(parents=True, exist_ok=True)
     for kind, ids in zip(SPLIT_KINDS, (labeled, unlabeled, valid)):
         path = out / f"{kind}_filename.txt"
@@ -62,6 +71,6 @@ def read_ids(path: str | Path) -> list[str]:
     return ids
 
 
-def read_split(txt_dir: str | Path, num_labels: int, seed: int) -> dict[str, list[str]]:
+def read_split(txt_dir: str | Path, num_labels: int, split: str | int) -> dict[str, list[str]]:
     """Read ``labeled``, ``unlabeled`` and ``valid`` id lists of one split."""
-    return {k: read_ids(split_file(txt_dir, num_labels, seed, k)) for k in SPLIT_KINDS}
+    return {k: read_ids(split_file(txt_dir, num_labels, split, k)) for k in SPLIT_KINDS}

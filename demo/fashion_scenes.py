@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from dataset.palette import voc_palette
 from dataset.splits import draw_split, write_split
+from utils.command_line import ArgumentParser
 from utils.errors import UserError
 from utils.labels import IGNORE_VALUE
 
@@ -444,12 +445,31 @@ def write_fashion_splits(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate FashionScenes or its split files.")
-    parser.add_argument("--root", default="data/FashionScenes", help="dataset folder")
-    parser.add_argument("--asset", type=Path, default=None, help="asset file (.npz)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m demo.fashion_scenes",
+        description="Generate FashionScenes (the embedded demo data) into --root, or write its "
+        "split files\n(<txt-dir>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt).",
+        epilog="examples:\n"
+        "  python -m demo.fashion_scenes                      # data/FashionScenes\n"
+        "  python -m demo.fashion_scenes --write-splits --num-labels 500 --seeds 3407 1 2\n",
+    )
+    parser.add_argument(
+        "--root", default="data/FashionScenes", help="dataset folder (default data/FashionScenes)"
+    )
+    parser.add_argument(
+        "--asset",
+        type=Path,
+        default=None,
+        help="asset file (default demo/assets/fashion_scenes.npz)",
+    )
     parser.add_argument("--write-splits", action="store_true", help="write the split files instead")
-    parser.add_argument("--txt-dir", type=Path, default=DEFAULT_TXT_DIR, help="split folder")
+    parser.add_argument(
+        "--txt-dir",
+        type=Path,
+        default=DEFAULT_TXT_DIR,
+        help="split root, the Dataset.txt_dir of a config (default FashionScenes_split)",
+    )
     parser.add_argument(
         "--num-labels",
         type=int,
@@ -464,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SPLIT_SEEDS),
         help="with --write-splits: seeds (default: %(default)s)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.write_splits:
             paths = write_fashion_splits(

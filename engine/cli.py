@@ -1,8 +1,11 @@
 """The command line of the training entry scripts: parse, validate everything before the run
 folder is touched, then one process (or ``--nproc-per-node N`` processes) trains.
 
-    python mix_label.py [--config PATH] [--work-dir DIR] [--fresh] [--nproc-per-node N|auto]
+    python mix_label.py [--config PATH] [--work-dir DIR] [--no-resume] [--nproc-per-node N|auto]
                         [Section.key=value ...]
+
+The config is ``--config``; without it, the run folder's own ``config.yaml`` (a run started
+before resumes with the config it was started with), else ``configs/demo.yaml``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,8 +23,10 @@ from tqdm import tqdm
 
 from engine import launch, loop
 from engine.config import DEFAULT_CONFIG, dump_config, load_config
+from engine.data import split_name
 from engine.run import build_run, check_resume_compatible, restore
 from utils.checkpoint import load_checkpoint
+from utils.command_line import ArgumentParser
 from utils.dist import init_distributed, is_dist, is_main_process
 from utils.errors import UserError
 from utils.strategies import Strategy, get_strategy
@@ -28,14 +34,103 @@ from utils.strategies import Strategy, get_strategy
 log = logging.getLogger("css")
 
 
-def parse_args(strategy: str, argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+def _paper_flag(key: str) -> Callable[[str | None], str]:
+    return lambda value: f"write the config override {key}={value or 'VALUE'}"
+
+
+_RESUME_HINT = (
+    "a run resumes by itself: run the same command with its --work-dir (which holds "
+    "latest.pth, with the prototypes, and config.yaml)"
+)
+# The paper code's flags (its train scripts) and what to write here instead.
+PAPER_FLAGS: dict[str, Callable[[str | None], str]] = {
+    "--num_labels": _paper_flag("Dataset.num_labels"),
+    "--total_iter": _paper_flag("Training.total_iter"),
+    "--strong_threshold": _paper_flag("Loss.strong_threshold"),
+    "--weak_threshold": _paper_flag("Loss.weak_threshold"),
+    "--un_threshold": _paper_flag("Loss.un_threshold"),
+    "--temp": _paper_flag("Loss.temp"),
+    "--warmup": _paper_flag("Loss.warm_up"),
+    "--resume": lambda value: _RESUME_HINT,
+    "--prototypes_resume": lambda value: _RESUME_HINT,
+    "--job_name": lambda value: f"write --work-dir runs/{value or 'NAME'}",
+    "--gpu_id": lambda value: (
+        f"choose the GPUs with CUDA_VISIBLE_DEVICES={value or '0,1'} and start one process "
+        "per GPU with --nproc-per-node auto"
+    ),
+    "--world_size": lambda value: (
+        f"write --nproc-per-node {value or 'N'} (processes on this machine; torchrun for "
+        "several machines)"
+    ),
+    "--port": lambda value: (
+        "--nproc-per-node picks a free port itself; under torchrun write "
+        f"--master_port={value or 'PORT'}"
+    ),
+    "--sche": lambda value: (
+        "the contrastive weight of mix_label / cross_label always follows Ramp_Scheduler; "
+        "for a constant weight write Ramp_Scheduler.max_value=1 Ramp_Scheduler.min_value=1"
+    ),
+}
+RENAMED_FLAGS = {
+    **PAPER_FLAGS,
+    "--fresh": lambda value: (
+        "it is now --no-resume (it stops when --work-dir holds a run; it never started a run "
+        "over: for a new run choose a new --work-dir)"
+    ),
+}
+
+
+def examples(strategy: str) -> str:
+    return f"""examples:
+  python {strategy}.py                                   # the demo: FashionScenes, a few CPU minutes
+  python {strategy}.py --config configs/voc.yaml Dataset.num_labels=92 Training.total_iter=40000
+  python {strategy}.py --config configs/voc.yaml Dataset.num_labels=662 Dataset.split=u2pl Seed=1
+  python {strategy}.py --work-dir runs/X                 # resume runs/X with runs/X/config.yaml
+  python {strategy}.py --work-dir runs/X Training.total_iter=2000   # ... and train it longer
+  python {strategy}.py --nproc-per-node auto --config configs/cityscapes.yaml   # every GPU
+  torchrun --nproc_per_node=4 {strategy}.py --config configs/cityscapes.yaml    # the same
+
+The paper code's flags are config overrides here (--num_labels 92 -> Dataset.num_labels=92);
+each of them stops with one line naming the new spelling (README: "Coming from the paper code").
+"""
+
+
+RUN_RULES = """
+The config is --config, else the run folder's config.yaml (the run's own), else
+configs/demo.yaml; trailing Section.key=value pairs override it. Everything is validated
+before the run folder is touched: bad input stops with one line "error: ..." (exit 2). A
+run folder holding latest.pth is resumed (refused, naming the keys, if the model or data
+keys changed). Ctrl-C or SIGTERM finishes the step and writes latest.pth."""
+
+
+def build_parser(strategy: str, description: str | None = None) -> ArgumentParser:
+    first = description or f"Train DeepLabv3+ with the {strategy} strategy (CSS, ICCV 2023)."
+    p = ArgumentParser(
         prog=f"{strategy}.py",
-        description=f"Train DeepLabv3+ with the {strategy} strategy (CSS, ICCV 2023).",
+        description=first.rstrip() + "\n" + RUN_RULES,
+        epilog=examples(strategy),
+        renamed=RENAMED_FLAGS,
     )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: demo)")
-    p.add_argument("--work-dir", default=None, help="run folder (default: runs/<derived>)")
-    p.add_argument("--fresh", action="store_true", help="refuse to resume an existing run")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="config file (default: --work-dir's config.yaml when it has one, else "
+        "configs/demo.yaml); a run that exists is resumed only if its model and data keys agree",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        metavar="DIR",
+        help="run folder (default: runs/<dataset>_<strategy>_<num_labels>[_<split>]_seed<Seed>); "
+        "a folder holding latest.pth is resumed",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="stop with an error if --work-dir already holds a run (latest.pth) instead of "
+        "resuming it; nothing is overwritten either way",
+    )
     p.add_argument(
         "--nproc-per-node",
         default=None,
@@ -43,13 +138,29 @@ def parse_args(strategy: str, argv: list[str] | None = None) -> argparse.Namespa
         help="start N training processes on this machine with torch.distributed's elastic "
         "launcher, as torchrun --nproc_per_node=N does (auto: one per visible GPU)",
     )
-    p.add_argument("overrides", nargs="*", help="Section.key=value config overrides")
-    return p.parse_args(argv)
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="Section.key=value",
+        help="config overrides, typed by the value they replace (e.g. Dataset.num_labels=92)",
+    )
+    return p
+
+
+def parse_args(
+    strategy: str, argv: list[str] | None = None, description: str | None = None
+) -> argparse.Namespace:
+    return build_parser(strategy, description).parse_args(argv)
 
 
 def default_work_dir(cfg: dict, strategy: Strategy) -> Path:
+    """``runs/<dataset>_<strategy>_<num_labels>[_<split>]_seed<Seed>`` (the split named only
+    where it is not the seed's own)."""
     d = cfg["Dataset"]
-    return Path("runs") / f"{d['name']}_{strategy.name}_{d['num_labels']}_seed{cfg['Seed']}"
+    split = split_name(cfg)
+    named = "" if split == str(cfg["Seed"]) else f"_{split}"
+    return Path("runs") / f"{d['name']}_{strategy.name}_{d['num_labels']}{named}_seed{cfg['Seed']}"
 
 
 def setup_logging(work_dir: Path | None) -> None:
@@ -81,17 +192,32 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def config_path(args: argparse.Namespace) -> Path:
+    """``--config``; else the run folder's ``config.yaml`` (the config it was started with,
+    with the overrides of its last start); else the demo config."""
+    if args.config is not None:
+        return Path(args.config)
+    if args.work_dir is not None:
+        remembered = Path(args.work_dir) / "config.yaml"
+        if remembered.is_file():
+            return remembered
+    return DEFAULT_CONFIG
+
+
 def prepare(strategy: Strategy, args: argparse.Namespace) -> tuple[dict, Path, dict | None]:
     """Validate everything before the run folder is touched."""
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args), args.overrides)
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(cfg, strategy)
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir} exists and is not a folder")
     latest = work_dir / "latest.pth"
     state = None
     if latest.exists():
-        if args.fresh:
-            raise UserError(f"{latest} exists and --fresh was given; choose another --work-dir")
+        if args.no_resume:
+            raise UserError(
+                f"{latest} exists and --no-resume was given; choose another --work-dir "
+                "(or leave out --no-resume to resume it)"
+            )
         state = load_checkpoint(latest)
         check_resume_compatible(state["config"], cfg, latest)
         if state.get("strategy") != strategy.name:
@@ -109,7 +235,7 @@ def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | N
     setup_logging(None)
     run = build_run(cfg, strategy, device, rank, world)
     if state is not None:
-        restore(run, state)
+        restore(run, state, str(work_dir / "latest.pth"))
     if is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.yaml").write_text(dump_config(cfg))
@@ -147,10 +273,10 @@ def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | N
     return 0
 
 
-def main(strategy_name: str, argv: list[str] | None = None) -> int:
+def main(strategy_name: str, argv: list[str] | None = None, description: str | None = None) -> int:
     strategy = get_strategy(strategy_name)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(strategy.name, argv)
+    args = parse_args(strategy.name, argv, description)
     try:
         nproc = launch.processes_wanted(args.nproc_per_node)
         cfg, work_dir, state = prepare(strategy, args)
@@ -168,7 +294,8 @@ def main(strategy_name: str, argv: list[str] | None = None) -> int:
                 torch.distributed.destroy_process_group()
 
 
-def entry(strategy_name: str) -> None:
-    """``python <strategy>.py [--config ...] [overrides]``."""
+def entry(strategy_name: str, description: str | None = None) -> None:
+    """``python <strategy>.py [--config ...] [overrides]``; ``description`` (the script's
+    docstring) opens its ``--help``."""
     loop.StopRequest.install()
-    sys.exit(main(strategy_name, sys.argv[1:]))
+    sys.exit(main(strategy_name, sys.argv[1:], description))

@@ -4,7 +4,7 @@ Every key of the schema below must be present, no other key may be, and every va
 checked for type and range. A problem stops with one line naming the key, the value and
 what was expected (``UserError``; the entry points print it and exit with status 2).
 
-    python -m engine.config configs/voc.yaml Dataset.num_labels=183 Seed=1
+    python -m engine.config configs/voc.yaml Dataset.num_labels=183 Dataset.split=3407 Seed=1
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any
 import yaml
 
 from dataset.batch_augment import MIX_MODES
+from dataset.splits import SEED_SPLIT
 from engine.data import DATASETS
 from engine.evaluation import EVAL_MODES
 from network import BACKBONES
+from utils.command_line import ArgumentParser, did_you_mean
 from utils.errors import UserError
 from utils.losses import SUP_LOSSES
 
@@ -50,6 +52,10 @@ def _pos(v: float) -> bool:
 
 def _nonneg(v: float) -> bool:
     return v >= 0
+
+
+def _folder_name(v: str) -> bool:
+    return v not in ("", ".", "..") and "/" not in v and "\\" not in v
 
 
 def _choice(options: Sequence[str]) -> Callable[[Any], bool]:
@@ -92,6 +98,12 @@ SCHEMA: dict[str, Any] = {
         "data_dir": Key("str", lambda v: v != "", "a path", "dataset root"),
         "txt_dir": Key("str", lambda v: v != "", "a path", "split folder root"),
         "num_labels": Key("int", _pos, "> 0", "labeled images (selects the split folder)"),
+        "split": Key(
+            "str",
+            _folder_name,
+            f"{SEED_SPLIT} or a plain folder name",
+            f"split folder under <txt_dir>/<num_labels>/: {SEED_SPLIT} = the one named by Seed",
+        ),
         "batch_size": Key("int", _pos, "> 0", "labeled = unlabeled images per process"),
         "crop_size": Key("int2", lambda v: min(v) > 0, "two positive ints", "training crop [H, W]"),
         "scale_size": Key(
@@ -155,6 +167,26 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+# Keys added to the schema after checkpoints were first written, each with the value that
+# reproduces what a config written before it meant (the standard widths; the split folder
+# named by the seed). ``with_added_keys`` fills them into an older checkpoint's config.
+ADDED_KEYS: dict[str, Any] = {
+    "Network.base_width": 64,
+    "Network.decoder_channels": 256,
+    "Dataset.split": SEED_SPLIT,
+}
+
+
+def with_added_keys(cfg: dict) -> dict:
+    """A copy of (an older) ``cfg`` with the keys of ``ADDED_KEYS`` it lacks filled in."""
+    cfg = copy.deepcopy(cfg)
+    for dotted, value in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(cfg.get(section), dict):
+            cfg[section].setdefault(key, value)
+    return cfg
+
+
 def _fail(key: str, value: Any, expect: str) -> UserError:
     return UserError(f"config key {key}: got {value!r}, expected {expect}")
 
@@ -204,6 +236,45 @@ def _to_float(key: str, value: Any) -> float:
     return out
 
 
+# Keys of the paper code's YAML files (config/VOC_config_baseline.yaml, ...) that this schema
+# does not have, and what to write instead.
+PAPER_KEYS = {
+    "Network.name": "the network is always DeepLabv3+: drop it (Network.backbone picks the ResNet)",
+    "Lr_Scheduler": "the poly schedule is Optim.power and Optim.min_lr here",
+    "Training_Setting": "write Training.total_iter (iterations, not epochs) and --work-dir "
+    "(for save_dir)",
+    "Loss.is_available": "drop it (the contrastive loss is always on; supervised.py is the "
+    "baseline without it)",
+    "Distributed": "start processes with --nproc-per-node N (world_size) and choose GPUs with "
+    "CUDA_VISIBLE_DEVICES (gpu_id)",
+}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the schema (``Seed``, ``Network.backbone``, ...)."""
+    out = []
+    for name, spec in SCHEMA.items():
+        out += [name] if isinstance(spec, Key) else [f"{name}.{key}" for key in spec]
+    return out
+
+
+def unknown_key(source: str, dotted: str) -> UserError:
+    """ "unknown key" with what to write instead: the paper code's keys say their new
+    spelling, others the closest key of the schema (or the keys of their section)."""
+    if dotted in PAPER_KEYS:
+        return UserError(
+            f"{source}: unknown key {dotted} (a key of the paper code's YAML): "
+            f"{PAPER_KEYS[dotted]}; start from configs/voc.yaml or configs/cityscapes.yaml"
+        )
+    section, _, key = dotted.rpartition(".")
+    hint = did_you_mean(dotted, all_keys())
+    if not hint and section in SCHEMA and not isinstance(SCHEMA[section], Key):
+        hint = f"; {section} has {', '.join(SCHEMA[section])}"
+    elif not hint and not section:
+        hint = f"; expected one of {', '.join(SCHEMA)}"
+    return UserError(f"{source}: unknown key {dotted}{hint}")
+
+
 def validate(cfg: Any, source: str = "config") -> dict:
     """Return a validated deep copy of ``cfg`` or raise ``UserError``."""
     if not isinstance(cfg, dict):
@@ -211,7 +282,12 @@ def validate(cfg: Any, source: str = "config") -> dict:
     out: dict = {}
     for name in cfg:
         if name not in SCHEMA:
-            raise UserError(f"{source}: unknown key {name!r}; expected one of {', '.join(SCHEMA)}")
+            raise unknown_key(source, str(name))
+    for name, spec in SCHEMA.items():
+        if isinstance(cfg.get(name), dict):
+            for key in cfg[name]:
+                if isinstance(spec, dict) and key not in spec:
+                    raise unknown_key(source, f"{name}.{key}")
     for name, spec in SCHEMA.items():
         if name not in cfg:
             raise UserError(f"{source}: missing key {name}")
@@ -221,11 +297,6 @@ def validate(cfg: Any, source: str = "config") -> dict:
             continue
         if not isinstance(value, dict):
             raise _fail(name, value, "a section (mapping)")
-        for key in value:
-            if key not in spec:
-                raise UserError(
-                    f"{source}: unknown key {name}.{key}; expected one of {', '.join(spec)}"
-                )
         section = {}
         for key, kspec in spec.items():
             if key not in value:
@@ -239,7 +310,11 @@ def validate(cfg: Any, source: str = "config") -> dict:
 def _check(key: str, spec: Key, value: Any) -> Any:
     value = _coerce(key, spec, value)
     if not spec.check(value):
-        raise _fail(key, value, spec.expect)
+        choice = isinstance(value, str) and spec.expect.startswith("one of ")
+        hint = (
+            did_you_mean(value, spec.expect.removeprefix("one of ").split(", ")) if choice else ""
+        )
+        raise UserError(f"config key {key}: got {value!r}, expected {spec.expect}{hint}")
     return value
 
 
@@ -268,9 +343,23 @@ def load_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}:{where} is not valid YAML") from None
+        raise UserError(yaml_error(path, exc)) from None
+
+
+def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line, and the cause (a python tag says what to write)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}:" if mark is not None else ""
+    problem = str(getattr(exc, "problem", None) or exc).strip().splitlines()[0]
+    if "tag:yaml.org,2002:python/" in problem:
+        tag = problem.split("tag:yaml.org,2002:", 1)[1].split("'", 1)[0]
+        return (
+            f"{path}:{where} the tag !!{tag} is not read (configs are plain YAML, read with "
+            "yaml.safe_load): write a list, e.g. crop_size: [512, 512]"
+        )
+    context = getattr(exc, "context", None)
+    cause = f"{context}, {problem}" if context else problem
+    return f"{path}:{where} not valid YAML: {cause}"
 
 
 def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
@@ -284,11 +373,13 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         node = cfg
         for part in parts[:-1]:
             if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise UserError(f"override {item!r}: unknown section {part!r}")
+                hint = did_you_mean(dotted, all_keys())
+                raise UserError(f"override {item!r}: unknown section {part!r}{hint}")
             node = node[part]
         leaf = parts[-1]
         if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
-            raise UserError(f"override {item!r}: unknown key {dotted!r}")
+            hint = did_you_mean(dotted, all_keys())
+            raise UserError(f"override {item!r}: unknown key {dotted!r}{hint}")
         node[leaf] = _parse_override(dotted, raw, node[leaf])
     return cfg
 
@@ -317,13 +408,25 @@ def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 
 
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m engine.config",
+        description="Print the merged, validated config (what a run with these arguments "
+        "would use),\nor stop with one line naming the bad key and value.",
+        epilog="example:\n  python -m engine.config configs/voc.yaml Dataset.num_labels=183 "
+        "Dataset.split=3407 Seed=1\n",
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument(
+        "overrides", nargs="*", default=[], metavar="Section.key=value", help="config overrides"
+    )
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m engine.config CONFIG [Section.key=value ...]")
-        return 0 if argv else 2
+    args = build_parser().parse_args(None if argv is None else list(argv))
     try:
-        cfg = load_config(argv[0], argv[1:])
+        cfg = load_config(args.config, args.overrides)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from dataset.transforms import normalize
-from engine.data import build_datasets
-from network import build_model
-from utils.checkpoint import save_checkpoint
+from engine.config import apply_overrides, load_config, validate, with_added_keys
+from engine.data import build_datasets, split_name
+from network import build_model, from_paper_layout
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_dist, is_main_process
 from utils.ema import make_teacher
 from utils.errors import UserError
@@ -36,6 +37,7 @@ RESUME_FIXED = (
     "Seed",
     *MODEL_KEYS,
     "Dataset.num_labels",
+    "Dataset.split",
     "Dataset.batch_size",
     "Dataset.crop_size",
 )
@@ -51,15 +53,25 @@ def config_value(cfg: dict, dotted: str) -> Any:
     return node
 
 
+def _compared(cfg: dict, dotted: str) -> Any:
+    """The value compared on resume: ``Dataset.split`` as the folder it names (``seed`` and
+    the seed's number name the same split)."""
+    if dotted == "Dataset.split" and isinstance(cfg.get("Dataset"), dict) and "Seed" in cfg:
+        return split_name(cfg)
+    return config_value(cfg, dotted)
+
+
 def check_resume_compatible(
     saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
 ) -> None:
-    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error)."""
-    diff = [k for k in keys if config_value(saved, k) != config_value(cfg, k)]
+    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error).
+
+    A key the checkpoint's (older) config lacks counts as its ``ADDED_KEYS`` value.
+    """
+    saved = with_added_keys(saved)
+    diff = [k for k in keys if _compared(saved, k) != _compared(cfg, k)]
     if diff:
-        shown = ", ".join(
-            f"{k} ({config_value(saved, k)!r} -> {config_value(cfg, k)!r})" for k in diff
-        )
+        shown = ", ".join(f"{k} ({_compared(saved, k)!r} -> {_compared(cfg, k)!r})" for k in diff)
         raise UserError(f"{path} was trained with another model or dataset: {shown}")
 
 
@@ -264,9 +276,11 @@ def make_checkpoint(run: Run) -> dict:
     }
 
 
-def restore(run: Run, state: dict) -> None:
-    run.student.load_state_dict(state["student"])
-    run.teacher.load_state_dict(state["teacher"])
+def restore(run: Run, state: dict, source: str = "checkpoint") -> None:
+    """Put a checkpoint's state into ``run``; weights that do not fit are a one-line
+    ``UserError`` naming ``source``."""
+    load_weights(run.student, state["student"], f"{source} (student)")
+    load_weights(run.teacher, state["teacher"], f"{source} (teacher)")
     run.prototypes.load_state_dict(state["prototypes"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
@@ -274,6 +288,62 @@ def restore(run: Run, state: dict) -> None:
     run.best_miou = float(state["best_miou"])
     run.history = list(state["history"])
     run.seconds_before = float(state.get("wall_seconds", 0.0))
+
+
+def load_trained_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of a trained run for ``evaluate.py`` / ``predict.py``: ours, or one of the
+    paper code (its ``model`` / ``ema_model`` state dicts and numpy ``prototypes``), turned
+    into ours: ``student``, ``teacher`` (its EMA model, the result), ``prototypes``, and
+    ``config`` None (it holds none: ``--config`` says which)."""
+    state = load_checkpoint(path, required=())
+    if "teacher" in state and "student" in state:
+        return state
+    if isinstance(state.get("model"), dict) and isinstance(state.get("ema_model"), dict):
+        proto = state.get("prototypes")
+        return {
+            "student": from_paper_layout(state["model"]),
+            "teacher": from_paper_layout(state["ema_model"]),
+            "prototypes": None
+            if proto is None
+            else {"proto": torch.as_tensor(proto, dtype=torch.float32)},
+            "config": None,
+            "epoch": state.get("epoch"),
+            "iteration": None,
+            "source": "paper code",
+        }
+    raise UserError(
+        f"{path} is not a training checkpoint: it holds neither student / teacher (this "
+        "project) nor model / ema_model (the paper code)"
+    )
+
+
+def inference_config(
+    state: dict, path: Path, config: str | Path | None, overrides: list[str] = ()
+) -> dict:
+    """The config ``evaluate.py`` / ``predict.py`` use for the checkpoint ``state`` at ``path``.
+
+    Without ``config``: the checkpoint's own (an older one completed with ``ADDED_KEYS``).
+    With it: that file, whose model keys must agree with the checkpoint's (the training-only
+    keys, batch, crop, split, may differ). ``overrides`` apply to either and are checked the
+    same way. Used by every tool that reads a trained checkpoint, so one checkpoint works in
+    all of them.
+    """
+    saved = state.get("config")
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif saved is None:
+        classes = getattr(state.get("teacher", {}).get("classifier.3.weight"), "shape", [0])[0]
+        name = {19: "cityscapes"}.get(classes, "voc")
+        raise UserError(
+            f"{path} holds no config (a checkpoint of the paper code): give the config it was "
+            f"trained with, e.g. --config configs/{name}.yaml"
+        )
+    else:
+        source = f"{path} (its config; --config to use another)"
+        cfg = validate(apply_overrides(with_added_keys(saved), overrides), source)
+    if saved is not None:
+        check_resume_compatible(saved, cfg, path, MODEL_KEYS)
+    return cfg
 
 
 def result_model_key(state: dict) -> str:

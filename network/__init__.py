@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from network.deeplabv3plus import DeepLabV3Plus
+from network.deeplabv3plus import DeepLabV3Plus, from_paper_layout
 from network.resnet import BACKBONES, build_backbone, load_backbone_weights
 
-__all__ = ["BACKBONES", "DeepLabV3Plus", "build_backbone", "build_model", "load_backbone_weights"]
+__all__ = [
+    "BACKBONES",
+    "DeepLabV3Plus",
+    "build_backbone",
+    "build_model",
+    "from_paper_layout",
+    "load_backbone_weights",
+]
 
 
 def build_model(

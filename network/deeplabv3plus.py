@@ -106,3 +106,31 @@ class DeepLabV3Plus(nn.Module):
         )
         feat = torch.cat([low, high], dim=1)
         return self.classifier(feat), self.representation(feat)
+
+
+# Module names of the paper code's DeepLabv3+ (its ``DeepLabv3Plus_with_rep``, whose state
+# dicts its checkpoints hold under ``model`` / ``ema_model``) -> ours. The rest (``project``,
+# ``classifier``, ``representation``, the ResNet stages' insides) are named alike.
+_PAPER_NAMES = (
+    ("resnet_conv1.", "backbone.conv1."),
+    ("resnet_bn1.", "backbone.bn1."),
+    ("resnet_layer", "backbone.layer"),
+    ("ASPP.convs.4.1.", "aspp.branches.4.conv.0."),  # image pooling: (pool, conv, BN, ReLU)
+    ("ASPP.convs.4.2.", "aspp.branches.4.conv.1."),
+    ("ASPP.convs.", "aspp.branches."),
+    ("ASPP.project.", "aspp.project."),
+)
+
+
+def from_paper_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of the paper code's network with our module names (``module.`` prefixes
+    of a DDP-wrapped model removed). Keys of our own layout pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for old, new in _PAPER_NAMES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out

@@ -13,7 +13,7 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
-from utils.checkpoint import read_state_dict
+from utils.checkpoint import read_state_dict, weight_mismatches
 from utils.errors import UserError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
@@ -182,7 +182,7 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     """
     state = _backbone_layout(read_state_dict(path))
     expected = backbone.state_dict()
-    problems = _mismatches(state, expected)
+    problems = weight_mismatches(state, expected, unexpected=False)
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         arch = getattr(backbone, "arch", type(backbone).__name__)
@@ -204,20 +204,3 @@ def _backbone_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 break
         out[key] = value
     return out
-
-
-def _mismatches(state: dict[str, Tensor], expected: dict[str, Tensor]) -> list[str]:
-    """Describe every expected key that is missing or has another shape, in model order.
-
-    ``num_batches_tracked`` may be absent (old torchvision checkpoints lack it).
-    """
-    problems = []
-    for key, ref in expected.items():
-        if key not in state:
-            if not key.endswith("num_batches_tracked"):
-                problems.append(f"missing key {key}")
-        elif state[key].shape != ref.shape:
-            problems.append(
-                f"{key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
-            )
-    return problems

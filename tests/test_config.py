@@ -56,7 +56,97 @@ def test_unknown_key():
     _bad(cfg, r"unknown key Loss\.tmep")
     cfg = raw()
     cfg["Extra"] = {}
-    _bad(cfg, r"unknown key 'Extra'")
+    _bad(cfg, r"unknown key Extra; expected one of Seed, Network")
+
+
+def test_unknown_keys_and_values_suggest_the_schemas():
+    cfg = raw()
+    cfg["Dataset"]["num_label"] = cfg["Dataset"].pop("num_labels")
+    _bad(cfg, r"x\.yaml: unknown key Dataset\.num_label; did you mean Dataset\.num_labels\?$")
+    cfg = raw()
+    cfg["Loss"]["no_such_thing"] = 1  # nothing close: the section's keys
+    _bad(cfg, r"unknown key Loss\.no_such_thing; Loss has sup_loss, ohem_thresh")
+    cfg = raw()
+    cfg["Dataset"]["name"] = "VOC"
+    _bad(cfg, r"Dataset\.name: got 'VOC', expected one of voc, .*; did you mean voc\?$")
+    for item, hint in [
+        ("Dataset.num_label=92", "did you mean Dataset.num_labels?"),
+        ("Los.temp=0.5", "did you mean Loss.temp?"),
+        ("seed=1", "did you mean Seed?"),
+    ]:
+        with pytest.raises(UserError) as err:
+            apply_overrides(raw(), [item])
+        assert str(err.value).endswith(hint), str(err.value)
+
+
+# The paper code's config/VOC_config_baseline.yaml, key for key (its values are the paper's).
+PAPER_YAML = """Network:
+  name: DeepLabv3Plus
+  num_class: 21
+EMA:
+  alpha: 0.99
+Optim:
+  lr: 6.4e-3
+  weight_decay: 5e-4
+Lr_Scheduler:
+  name: PolyLR
+  step_size: 90
+  gamma: 0.1
+Dataset:
+  name: VOC
+  data_dir: /
+  txt_dir: /
+  num_labels: 331
+  batch_size: 8
+  crop_size: !!python/tuple [512,512]
+  scale_size: !!python/tuple [0.5,1.5]
+  mix_mode: cutmix
+Training_Setting:
+  epoch: 200
+  save_dir: ./checkpoints/
+Seed: 3407
+Loss:
+  is_available: True
+  warm_up: 0
+Distributed:
+  world_size: 2
+  gpu_id: 0,1
+"""
+
+
+def test_the_paper_codes_yaml_says_what_to_write(tmp_path):
+    paper = tmp_path / "VOC_config_baseline.yaml"
+    paper.write_text(PAPER_YAML)
+    with pytest.raises(UserError) as err:
+        load_config(paper)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{paper}: line 19: ")
+    assert "!!python/tuple" in message and "write a list" in message
+    cfg = yaml.safe_load(PAPER_YAML.replace("!!python/tuple ", ""))
+    for key, hint in [  # the order the loader meets them: sections first
+        ("Lr_Scheduler", "Optim.power"),
+        ("Training_Setting", "Training.total_iter"),
+        ("Distributed", "--nproc-per-node"),
+        ("Network.name", "always DeepLabv3+"),
+        ("Loss.is_available", "always on"),
+    ]:
+        paper.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with pytest.raises(UserError) as err:
+            load_config(paper)
+        message = str(err.value)
+        assert f"unknown key {key} (a key of the paper code's YAML)" in message, message
+        assert hint in message and "configs/voc.yaml" in message
+        section, _, leaf = key.rpartition(".")
+        del (cfg[section] if section else cfg)[leaf or key]
+
+
+def test_yaml_errors_keep_their_cause(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Seed: 1\nNetwork:\n  backbone: resnet18\n num_class: 3\n")
+    with pytest.raises(UserError) as err:
+        load_config(bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: line 4: not valid YAML: ") and "expected" in message
 
 
 def test_missing_key():

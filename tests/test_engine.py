@@ -231,7 +231,7 @@ def plain_eval(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 # ------------------------------------------------------------------------------ non-finite
 
 
-def test_checkpoint_config_lacking_a_model_key_is_refused_by_name() -> None:
+def test_checkpoint_config_lacking_a_key_reads_as_before_the_key() -> None:
     cfg = load_config(DEFAULT_CONFIG)
     assert {"Network.base_width", "Network.decoder_channels"} <= set(MODEL_KEYS)
     check_resume_compatible(copy.deepcopy(cfg), cfg, Path("ok.pth"), MODEL_KEYS)
@@ -241,8 +241,29 @@ def test_checkpoint_config_lacking_a_model_key_is_refused_by_name() -> None:
         check_resume_compatible(old, cfg, Path("old.pth"), MODEL_KEYS)
     message = str(err.value)
     assert "old.pth" in message and "\n" not in message
-    assert "Network.base_width (None -> 16)" in message
-    assert "Network.decoder_channels (None -> 64)" in message
+    # written before the width keys existed = the standard network (ADDED_KEYS)
+    assert "Network.base_width (64 -> 16)" in message
+    assert "Network.decoder_channels (256 -> 64)" in message
+    standard = load_config(
+        DEFAULT_CONFIG, ["Network.base_width=64", "Network.decoder_channels=256"]
+    )
+    check_resume_compatible(old, standard, Path("old.pth"), MODEL_KEYS)
+    del old["Dataset"]["split"]  # and before Dataset.split: the seed's folder
+    check_resume_compatible(old, standard, Path("old.pth"))
+
+
+def test_default_work_dir_names_a_split_apart_from_the_seed() -> None:
+    from engine.cli import default_work_dir
+    from utils.strategies import get_strategy
+
+    mix = get_strategy("mix_label")
+    cfg = load_config(DEFAULT_CONFIG, ["Seed=1"])
+    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes_mix_label_125_seed1")
+    cfg = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=u2pl"])
+    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes_mix_label_125_u2pl_seed1")
+    same = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=1"])  # the seed's own folder
+    assert default_work_dir(same, mix) == Path("runs/fashionscenes_mix_label_125_seed1")
+    check_resume_compatible(load_config(DEFAULT_CONFIG, ["Seed=1"]), same, Path("x.pth"))
 
 
 def test_check_finite_names_iteration_and_every_term() -> None:
@@ -505,7 +526,10 @@ def in_process(module, argv: list[str], capsys, monkeypatch) -> SimpleNamespace:
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: True)  # process-global
     capsys.readouterr()
-    code = module.main(*argv)
+    try:
+        code = module.main(*argv)
+    except SystemExit as stop:  # a command-line error (argparse)
+        code = stop.code
     out = capsys.readouterr()
     return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
@@ -527,7 +551,14 @@ BAD_INPUTS = [
         ["Dataset.data_dir", "/nonexistent"],
         False,
     ),
-    ("missing_split_new", "mix_label", ["NUM_LABELS=17"], "new", ["17/3407"], False),
+    (
+        "missing_split_new",
+        "mix_label",
+        ["NUM_LABELS=17"],
+        "new",
+        ["17/3407", "python -m demo.fashion_scenes --write-splits --num-labels 17 --seeds 3407"],
+        False,
+    ),
     ("missing_split_previous", "mix_label", ["EMPTY_TXT_DIR"], "previous", ["16/3407"], False),
     (
         "missing_config",
@@ -558,6 +589,14 @@ BAD_INPUTS = [
     ),
     ("other_strategy_latest", "ori_pseudo", [], "previous", ["latest.pth", "mix_label"], False),
     (
+        "other_split_latest",
+        "mix_label",
+        ["Dataset.split=u2pl"],
+        "previous",
+        ["latest.pth", "Dataset.split ('3407' -> 'u2pl')"],
+        False,
+    ),
+    (
         "missing_pretrained",
         "mix_label",
         [
@@ -569,7 +608,24 @@ BAD_INPUTS = [
         ["/nonexistent.pth"],
         True,
     ),
-    ("fresh_with_latest", "mix_label", ["--fresh"], "previous", ["latest.pth", "--fresh"], False),
+    (
+        "no_resume_with_latest",
+        "mix_label",
+        ["--no-resume"],
+        "previous",
+        ["latest.pth", "--no-resume"],
+        False,
+    ),
+    ("fresh_is_renamed", "mix_label", ["--fresh"], "previous", ["--fresh", "--no-resume"], False),
+    (
+        "paper_flag",
+        "mix_label",
+        ["--num_labels", "92"],
+        "new",
+        ["--num_labels", "Dataset.num_labels=92"],
+        False,
+    ),
+    ("misspelt_flag", "mix_label", ["--work_dir=x"], "new", ["did you mean --work-dir?"], False),
 ]
 
 
@@ -611,6 +667,49 @@ def test_bad_input_exits_2_and_changes_nothing(
     else:
         assert "latest.pth" in before
         assert snapshot(work_dir) == before
+
+
+# ------------------------------------------------------------------------------ run folder
+
+
+def test_config_path_is_the_run_folders_own(tmp_path: Path) -> None:
+    from engine.cli import config_path, parse_args
+
+    run = tmp_path / "run"
+    assert config_path(parse_args("mix_label", ["--work-dir", str(run)])) == DEFAULT_CONFIG
+    run.mkdir()
+    (run / "config.yaml").write_text("Seed: 1\n")
+    assert config_path(parse_args("mix_label", ["--work-dir", str(run)])) == run / "config.yaml"
+    given = parse_args("mix_label", ["--work-dir", str(run), "--config", "configs/voc.yaml"])
+    assert config_path(given) == Path("configs/voc.yaml")
+    assert config_path(parse_args("mix_label", [])) == DEFAULT_CONFIG
+
+
+@pytest.mark.slow
+def test_a_run_folder_resumes_with_its_own_config(
+    runs: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``--work-dir X`` alone resumes X with X/config.yaml (the tiny network and split were
+    never repeated); the refusal rules for changed keys are those of --config."""
+    from engine import cli as engine
+
+    work_dir = tmp_path / "run"
+    shutil.copytree(runs["mix_label"].dir, work_dir)
+    refused = in_process(
+        engine,
+        ["mix_label", ["--work-dir", str(work_dir), "Network.backbone=resnet34"]],
+        capsys,
+        monkeypatch,
+    )
+    check_one_line_error(refused, "latest.pth", "Network.backbone ('resnet18' -> 'resnet34')")
+    proc = python(["mix_label.py", "--work-dir", str(work_dir), "Training.total_iter=5"])
+    check_ok(proc)
+    assert f"resuming at iteration {TOTAL_ITER}" in proc.stdout
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["iterations"] == 5
+    remembered = yaml.safe_load((work_dir / "config.yaml").read_text())
+    assert remembered["Training"]["total_iter"] == 5  # the last start's overrides
+    assert remembered["Network"]["rep_dim"] == 32 and remembered["Dataset"]["batch_size"] == 2
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -666,6 +765,183 @@ def test_evaluate_checks_only_the_model_keys(
         monkeypatch,
     )
     assert bad.returncode == 2 and "Network.backbone" in bad.stderr and ckpt in bad.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_take_the_checkpoints_config(
+    runs: dict, plain_eval: dict, fashion_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """No --config, no overrides: the checkpoint's own config, in evaluate.py and predict.py
+    alike, also for an older checkpoint whose config lacks a key added since; --config is
+    checked against it."""
+    import evaluate
+    import predict
+
+    state = load_state(runs["mix_label"].dir / "latest.pth")
+    del state["config"]["Dataset"]["split"]  # written before Dataset.split existed
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    out = tmp_path / "eval.json"
+    with one_thread():
+        res = in_process(
+            evaluate, [["--checkpoint", str(old), "--out", str(out)]], capsys, monkeypatch
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text())["miou"] == plain_eval["json"]["miou"]
+        image = fashion_root / "JPEGImages" / "val_00000.jpg"
+        argv = ["--checkpoint", str(old), "--input", str(image), "--output", str(tmp_path / "p")]
+        res = in_process(predict, [argv], capsys, monkeypatch)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "p" / "val_00000.png").is_file()
+    for module, args in (
+        (evaluate, ["--checkpoint", str(old), "--config", "configs/voc.yaml"]),
+        (predict, [*argv, "--config", "configs/voc.yaml"]),
+    ):
+        bad = in_process(module, [args], capsys, monkeypatch)
+        check_one_line_error(bad, str(old), "Network.num_class (11 -> 21)")
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_keys_and_shapes() -> None:
+    from utils.checkpoint import load_weights
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    load_weights(model, good, "ok.pth")
+    bad = {**good, "0.weight": torch.zeros(5, 3, 1, 1), "extra.bias": torch.zeros(1)}
+    del bad["1.bias"]
+    with pytest.raises(UserError) as err:
+        load_weights(model, bad, "bad.pth (teacher)")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("bad.pth (teacher): ")
+    assert "0.weight has shape (5, 3, 1, 1), expected (4, 3, 1, 1)" in message
+    assert "missing key 1.bias" in message and "unexpected key extra.bias" in message
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_fit_is_one_line(
+    runs: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import evaluate
+    from engine import cli as engine
+
+    work_dir = tmp_path / "run"
+    shutil.copytree(runs["mix_label"].dir, work_dir)
+    state = load_state(work_dir / "latest.pth")
+    for net in ("student", "teacher"):
+        state[net]["classifier.3.weight"] = state[net]["classifier.3.weight"][:5]
+    torch.save(state, work_dir / "latest.pth")
+    ckpt = str(work_dir / "latest.pth")
+    res = in_process(evaluate, [["--checkpoint", ckpt]], capsys, monkeypatch)
+    check_one_line_error(res, f"{ckpt} (teacher)", "classifier.3.weight has shape (5, ")
+    res = in_process(engine, ["mix_label", ["--work-dir", str(work_dir)]], capsys, monkeypatch)
+    check_one_line_error(res, f"{ckpt} (student)", "classifier.3.weight has shape (5, ")
+
+
+def paper_layout(state: dict) -> dict:
+    """Our state dict under the paper code's module names (its DeepLabv3Plus_with_rep:
+    resnet_conv1 / resnet_bn1 / resnet_layer1-4, ASPP.convs[0-4] with the image pooling as
+    (pool, conv, BN, ReLU), ASPP.project, project, classifier, representation)."""
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in (
+            ("backbone.conv1.", "resnet_conv1."),
+            ("backbone.bn1.", "resnet_bn1."),
+            ("backbone.layer", "resnet_layer"),
+            ("aspp.branches.4.conv.0.", "ASPP.convs.4.1."),
+            ("aspp.branches.4.conv.1.", "ASPP.convs.4.2."),
+            ("aspp.branches.", "ASPP.convs."),
+            ("aspp.project.", "ASPP.project."),
+        ):
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+                break
+        out[key] = value
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_read_the_paper_codes_checkpoints(
+    runs: dict, plain_eval: dict, fashion_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A checkpoint as the paper code saves it (``model``, ``ema_model``, numpy
+    ``prototypes``, no config) evaluates to the same mIoU with --config."""
+    import evaluate
+    import predict
+
+    mix = runs["mix_label"]
+    state = load_state(mix.dir / "latest.pth")
+    teacher = paper_layout(state["teacher"])
+    for key in ("resnet_layer1.0.conv1.weight", "ASPP.convs.4.1.weight", "ASPP.convs.4.2.bias",
+                "ASPP.project.0.weight", "classifier.3.bias", "representation.3.weight"):  # fmt: skip
+        assert key in teacher, key
+    paper = {
+        "epoch": 3,
+        "model": paper_layout(state["student"]),
+        "ema_model": teacher,
+        "optimizer": state["optimizer"],
+        "lr_scheduler": {"last_epoch": TOTAL_ITER, "base_lrs": [0.02]},
+        "prototypes": state["prototypes"]["proto"].numpy(),
+    }
+    ckpt = tmp_path / "best_model.pth"
+    torch.save(paper, ckpt)
+    config = str(mix.dir / "config.yaml")
+    out = tmp_path / "paper.json"
+    with one_thread():
+        res = in_process(
+            evaluate,
+            [["--checkpoint", str(ckpt), "--config", config, "--out", str(out)]],
+            capsys,
+            monkeypatch,
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text())["miou"] == plain_eval["json"]["miou"]
+        image = fashion_root / "JPEGImages" / "val_00000.jpg"
+        masks = {}
+        for name, path, extra in (("paper", ckpt, ["--config", config]),
+                                  ("ours", mix.dir / "latest.pth", [])):  # fmt: skip
+            argv = [
+                "--checkpoint",
+                str(path),
+                "--input",
+                str(image),
+                "--output",
+                str(tmp_path / name),
+            ]
+            res = in_process(predict, [[*argv, *extra]], capsys, monkeypatch)
+            assert res.returncode == 0, res.stderr
+            masks[name] = np.asarray(Image.open(tmp_path / name / "val_00000.png"))
+    assert np.array_equal(masks["paper"], masks["ours"])
+    res = in_process(evaluate, [["--checkpoint", str(ckpt)]], capsys, monkeypatch)
+    check_one_line_error(res, str(ckpt), "holds no config", "--config configs/")
+    res = in_process(
+        evaluate, [["--checkpoint", str(ckpt), "--config", "configs/voc.yaml"]], capsys, monkeypatch
+    )
+    check_one_line_error(res, f"{ckpt} (teacher)", "do not fit", "has shape")
+
+
+def test_checkpoints_with_numpy_arrays_load_safely(tmp_path: Path) -> None:
+    """numpy arrays (the paper code's prototypes) load with weights_only, whether numpy 2 or
+    numpy 1 (``numpy.core.multiarray``) wrote them; other objects are still refused."""
+    import zipfile
+
+    from utils.checkpoint import load_checkpoint
+
+    proto = np.arange(12, dtype=np.float32).reshape(3, 4)
+    new = tmp_path / "new.pth"
+    torch.save({"prototypes": proto, "epoch": 1}, new)
+    old = tmp_path / "old.pth"
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    for path in (new, old):
+        assert np.array_equal(load_checkpoint(path, required=())["prototypes"], proto)
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": SimpleNamespace(a=1)}, evil)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(evil, required=())
 
 
 def test_evaluate_flip_and_scales(

@@ -1,5 +1,6 @@
 """The split tool and the shipped split folders."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,25 +8,22 @@ from pathlib import Path
 import pytest
 
 from tools.make_splits import DEFAULT_ID_LISTS, IdPools, check_split, draw, pools_from_data_root
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES = {92: 1464, 183: 1464, 366: 1464, 732: 1464, 1464: 1464}  # classic: drawn from train
 VOC_SIZES.update({662: 10582, 1323: 10582, 2646: 10582, 5291: 10582})  # blended: from train_aug
 CITY_SIZES = (186, 372, 744, 1488)
-needs_id_lists = pytest.mark.skipif(
-    not (DEFAULT_ID_LISTS / "voc_trainaug.txt").is_file(),
-    reason=f"official id lists not found at {DEFAULT_ID_LISTS}",
-)
 
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess:
+def run_tool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tools.make_splits", *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,7 +107,15 @@ def test_shipped_split_sizes():
         assert len(lines(folder / "valid_filename.txt")) == 500
 
 
-@needs_id_lists
+def test_official_id_lists_ship_inside_the_repository():
+    assert DEFAULT_ID_LISTS == REPO / "dataset" / "id_lists"
+    sizes = {"voc_train": 1464, "voc_trainaug": 10582, "voc_val": 1449}
+    sizes.update({"cityscapes_train": 2975, "cityscapes_val": 500})
+    for name, size in sizes.items():
+        ids = lines(DEFAULT_ID_LISTS / f"{name}.txt")
+        assert len(ids) == len(set(ids)) == size, name
+
+
 def test_shipped_splits_partition_the_official_pools():
     voc_train = set(lines(DEFAULT_ID_LISTS / "voc_train.txt"))
     voc_aug = set(lines(DEFAULT_ID_LISTS / "voc_trainaug.txt"))
@@ -133,11 +139,14 @@ def test_shipped_splits_partition_the_official_pools():
         assert union == city_train
 
 
-@needs_id_lists
 def test_regenerating_the_shipped_splits_is_byte_identical(tmp_path):
+    """From a copy of the code alone (nothing beside it), as from a plain clone."""
+    clone = tmp_path / "clone"
+    for package in ("tools", "dataset", "utils"):
+        shutil.copytree(REPO / package, clone / package, ignore=shutil.ignore_patterns("__py*"))
     for dataset, shipped in (("voc", "VOC_split"), ("cityscapes", "CityScapes_split")):
         out = tmp_path / shipped
-        result = run_tool("--dataset", dataset, "--out", str(out))
+        result = run_tool("--dataset", dataset, "--out", str(out), cwd=clone)
         assert result.returncode == 0, result.stderr
         files = sorted(p.relative_to(REPO / shipped) for p in (REPO / shipped).rglob("*.txt"))
         assert files == sorted(p.relative_to(out) for p in out.rglob("*.txt"))
@@ -173,10 +182,27 @@ def test_import_labeled_txt(tmp_path):
         "gtFine/train/aachen/aachen_000003_000019_gtFine_labelTrainIds.png\n"
     )
     args = ["--dataset", "cityscapes", "--id-lists", str(tmp_path / "lists"), "--out", str(out)]
-    result = run_tool(*args, "--import-labeled", str(city_txt), "--seed", "5")
+    result = run_tool(*args, "--import-labeled", str(city_txt), "--name", "u2pl")
     assert result.returncode == 0, result.stderr
-    assert lines(out / "1" / "5" / "labeled_filename.txt") == ["aachen/aachen_000003_000019"]
-    assert len(lines(out / "1" / "5" / "unlabeled_filename.txt")) == 9
+    assert "Dataset.num_labels=1 Dataset.split=u2pl" in result.stdout
+    assert lines(out / "1" / "u2pl" / "labeled_filename.txt") == ["aachen/aachen_000003_000019"]
+    assert len(lines(out / "1" / "u2pl" / "unlabeled_filename.txt")) == 9
+
+
+def test_import_beside_the_seed_split_of_the_same_count(tmp_path):
+    """An imported split has its own folder: the drawn (seed) split of the same count stays."""
+    write_tiny_id_lists(tmp_path / "lists")
+    out = tmp_path / "out"
+    base = ["--dataset", "voc", "--id-lists", str(tmp_path / "lists"), "--out", str(out)]
+    assert run_tool(*base, "--num-labels", "3", "--scheme", "blended").returncode == 0
+    drawn = (out / "3" / "3407" / "labeled_filename.txt").read_text()
+    (tmp_path / "labeled.txt").write_text("t001\nt002\nt003\n")
+    result = run_tool(*base, "--import-labeled", str(tmp_path / "labeled.txt"), "--name", "u2pl")
+    assert result.returncode == 0, result.stderr
+    assert (out / "3" / "3407" / "labeled_filename.txt").read_text() == drawn
+    assert lines(out / "3" / "u2pl" / "labeled_filename.txt") == ["t001", "t002", "t003"]
+    again = run_tool(*base, "--import-labeled", str(tmp_path / "labeled.txt"), "--name", "u2pl")
+    assert again.returncode == 0, again.stderr  # the same split again: nothing changes
 
 
 def test_data_root_pools(tmp_path):
@@ -214,17 +240,26 @@ def test_data_root_pools(tmp_path):
 @pytest.mark.parametrize(
     "case, extra, needle",
     [
-        ("missing import file", ["--import-labeled", "{tmp}/nope.txt"], "nope.txt"),
-        ("id not in pool", ["--import-labeled", "{tmp}/unknown.txt"], "zzz"),
-        ("duplicate id", ["--import-labeled", "{tmp}/dup.txt"], "t001"),
+        ("missing import file", ["--import-labeled", "{tmp}/nope.txt", "--name", "a"], "nope.txt"),
+        ("id not in pool", ["--import-labeled", "{tmp}/unknown.txt", "--name", "a"], "zzz"),
+        ("duplicate id", ["--import-labeled", "{tmp}/dup.txt", "--name", "a"], "t001"),
         ("missing id lists", ["--id-lists", "{tmp}/missing"], "voc_train.txt"),
         ("too many labels", ["--num-labels", "31", "--scheme", "classic"], "31"),
         ("non-standard count", ["--num-labels", "5"], "--scheme"),
         (
             "overwrite another split",
-            ["--import-labeled", "{tmp}/other.txt"],
+            ["--import-labeled", "{tmp}/other.txt", "--name", "3407"],
             "labeled_filename.txt",
         ),
+        ("overwrite a drawn split", ["--num-labels", "1", "--scheme", "classic"], "--out"),
+        ("import without a name", ["--import-labeled", "{tmp}/other.txt"], "--name"),
+        (
+            "import with a seed",
+            ["--import-labeled", "{tmp}/other.txt", "--name", "x", "--seed", "1"],
+            "--seed",
+        ),
+        ("reserved name", ["--import-labeled", "{tmp}/other.txt", "--name", "seed"], "reserved"),
+        ("misspelt flag", ["--num_labels", "92"], "did you mean --num-labels?"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, case, extra, needle):
@@ -234,7 +269,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case, extra, needle):
     (tmp_path / "other.txt").write_text("t002\n")
     existing = tmp_path / "out" / "1" / "3407"
     existing.mkdir(parents=True)
-    (existing / "labeled_filename.txt").write_text("t001\n")
+    (existing / "labeled_filename.txt").write_text("t000\n")  # seed 3407 draws t001
     args = ["--dataset", "voc", "--out", str(tmp_path / "out")]
     if "--id-lists" not in extra:
         args += ["--id-lists", str(tmp_path / "lists")]
@@ -243,3 +278,74 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case, extra, needle):
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and message.startswith("error:"), message
     assert needle in message, message
+
+
+# --- Dataset.split: the split folder, apart from the seed ------------------------------
+
+
+def demo_cfg(txt_dir: Path, *extra: str) -> dict:
+    from engine.config import DEFAULT_CONFIG, load_config
+
+    return load_config(
+        DEFAULT_CONFIG, [f"Dataset.txt_dir={txt_dir}", "Dataset.num_labels=16", *extra]
+    )
+
+
+def test_dataset_split_selects_a_named_folder_with_any_seed(tiny_split, tmp_path):
+    from dataset.splits import write_split
+    from engine.data import build_datasets, split_name
+
+    txt = tmp_path / "splits"
+    shutil.copytree(tiny_split, txt)
+    seed_ids = lines(txt / "16" / "3407" / "labeled_filename.txt")
+    named = sorted(lines(txt / "16" / "3407" / "unlabeled_filename.txt")[:16])
+    rest = sorted(
+        set(seed_ids) | set(lines(txt / "16" / "3407" / "unlabeled_filename.txt")) - set(named)
+    )
+    valid = lines(txt / "16" / "3407" / "valid_filename.txt")
+    write_split(txt, 16, "u2pl", named, rest, valid)
+    for seed in (1, 3407):
+        cfg = demo_cfg(txt, "Dataset.split=u2pl", f"Seed={seed}")
+        assert split_name(cfg) == "u2pl"
+        assert build_datasets(cfg)["labeled"].ids == named
+    cfg = demo_cfg(txt, "Seed=3407")  # the default: the folder named by the seed
+    assert cfg["Dataset"]["split"] == "seed" and split_name(cfg) == "3407"
+    assert build_datasets(cfg)["labeled"].ids == seed_ids
+    assert build_datasets(demo_cfg(txt, "Dataset.split=3407", "Seed=1"))["labeled"].ids == seed_ids
+
+
+@pytest.mark.parametrize(
+    "extra, command",
+    [
+        (
+            ["Seed=1"],
+            "python -m demo.fashion_scenes --write-splits --num-labels 16 --seeds 1 --txt-dir ",
+        ),
+        (["Dataset.split=u2pl"], "write its labeled / unlabeled / valid_filename.txt there"),
+    ],
+)
+def test_a_missing_split_folder_says_how_to_make_it(tiny_split, extra, command):
+    from engine.data import build_datasets
+
+    with pytest.raises(UserError) as err:
+        build_datasets(demo_cfg(tiny_split, *extra))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("split folder not found: ")
+    assert str(tiny_split / "16" / ("1" if "Seed=1" in extra else "u2pl")) in message
+    assert command in message
+
+
+def test_the_split_command_of_voc_and_cityscapes_runs(tmp_path):
+    """The command the error prints for VOC draws exactly the folder it asked for."""
+    from engine.data import DATASETS
+
+    command = DATASETS["voc"].split_command(str(tmp_path / "VOC_split"), 100, 1)
+    assert command == (
+        f"python tools/make_splits.py --dataset voc --num-labels 100 --seed 1 --scheme classic "
+        f"--out {tmp_path / 'VOC_split'}"
+    )
+    result = subprocess.run(command.split(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(lines(tmp_path / "VOC_split" / "100" / "1" / "labeled_filename.txt")) == 100
+    default = DATASETS["cityscapes"].split_command("CityScapes_split", 186, 2)
+    assert default == "python tools/make_splits.py --dataset cityscapes --num-labels 186 --seed 2"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.command_line import ArgumentParser
 from utils.errors import UserError
 
 SEED = 20230718
@@ -187,11 +188,26 @@ def build(out: Path, fmnist_dir: Path = FMNIST_DIR) -> dict[str, np.ndarray]:
     return arrays
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m tools.build_demo_assets",
+        description=__doc__,
+        epilog="example:\n  python -m tools.build_demo_assets --out /tmp/fashion_scenes.npz\n",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"asset file to write (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--fmnist-dir",
+        type=Path,
+        default=FMNIST_DIR,
+        help=f"folder of the four Fashion-MNIST *-ubyte.gz files (default {FMNIST_DIR})",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--fmnist-dir", type=Path, default=FMNIST_DIR)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         arrays = build(args.out, args.fmnist_dir)
     except UserError as err:

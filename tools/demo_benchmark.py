@@ -38,6 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(REPO))
+
+from utils.command_line import ArgumentParser  # noqa: E402
+
 METHODS = ("supervised", "ori_pseudo", "mix_label", "cross_label")
 LABELS = (125, 250)
 SEEDS = (3407, 1, 2)
@@ -359,13 +364,34 @@ def report(runs_dir: Path, keys: list[RunKey], methods, labels, out: Path) -> li
     return written
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--labels", nargs="+", type=int, default=list(LABELS))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
-    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "demo_benchmark")
+EXAMPLES = """examples:
+  python tools/demo_benchmark.py --jobs 2                       # the 24 runs of the README (~1 h)
+  python tools/demo_benchmark.py --methods supervised mix_label --labels 125 --seeds 3407
+  python tools/demo_benchmark.py --only-report                  # tables and plots of finished runs
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="demo_benchmark.py", description=__doc__, epilog=EXAMPLES)
+    p.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="strategies to run"
+    )
+    p.add_argument(
+        "--labels", nargs="+", type=int, default=list(LABELS), help="labeled counts (125 250)"
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (3407 1 2)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "configs" / "demo.yaml",
+        help="config of every run (default configs/demo.yaml)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=REPO / "runs" / "demo_benchmark",
+        help="folder of the run folders (default runs/demo_benchmark)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where the report goes")
     p.add_argument(
         "--jobs",
@@ -381,7 +407,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="config overrides for every run (e.g. Dataset.txt_dir=runs/other_splits)",
     )
     p.add_argument("--only-report", action="store_true", help="aggregate existing runs only")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from demo.fashion_scenes import (
     ensure_fashion_scenes,
     scene_ids,
 )
+from utils.command_line import ArgumentParser
 from utils.errors import UserError
 from utils.labels import IGNORE_VALUE
 
@@ -80,14 +81,31 @@ def contact_sheet(root: Path, ids: list[str], columns: int = 4) -> Image.Image:
     return sheet
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m tools.demo_contact_sheet",
+        description=__doc__,
+        epilog="example:\n  python -m tools.demo_contact_sheet --split val --num 8 --out /tmp/val.png\n",
+    )
+    parser.add_argument(
+        "--root", default="data/FashionScenes", help="dataset folder (generated if missing)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/fashion_scenes_contact_sheet.png"),
+        help="PNG to write (default docs/fashion_scenes_contact_sheet.png)",
+    )
+    parser.add_argument(
+        "--split", choices=("train", "val"), default="train", help="scenes of this split"
+    )
+    parser.add_argument("--num", type=int, default=12, help="number of scenes (default 12)")
+    parser.add_argument("--columns", type=int, default=4, help="scenes per row (default 4)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="FashionScenes contact sheet")
-    parser.add_argument("--root", default="data/FashionScenes")
-    parser.add_argument("--out", type=Path, default=Path("docs/fashion_scenes_contact_sheet.png"))
-    parser.add_argument("--split", choices=("train", "val"), default="train")
-    parser.add_argument("--num", type=int, default=12, help="number of scenes")
-    parser.add_argument("--columns", type=int, default=4)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     available = NUM_TRAIN if args.split == "train" else NUM_VAL
     try:
         if not 0 < args.num <= available or args.columns < 1:

@@ -1,8 +1,8 @@
-"""Draw (or import) semi-supervised splits: ``<out>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``.
+"""Draw (or import) semi-supervised splits: <out>/<num_labels>/<split>/{labeled,unlabeled,valid}_filename.txt.
 
-The id pools come from the official id lists (``--id-lists``, default
-``../shared/data/id_lists`` next to the repository) or from a downloaded dataset
-(``--data-root``). Pools are sorted before drawing, so a split depends on the seed alone.
+The id pools come from the official id lists (--id-lists, default dataset/id_lists in the
+repository, so this works from a plain clone) or from a downloaded dataset (--data-root).
+Pools are sorted before drawing, so a split depends on the seed alone.
 
 - VOC classic (92, 183, 366, 732, 1464): labeled drawn from the 1,464 train ids.
 - VOC blended (662, 1323, 2646, 5291): labeled drawn from the 10,582 train_aug ids.
@@ -10,11 +10,12 @@ The id pools come from the official id lists (``--id-lists``, default
 - Cityscapes (186, 372, 744, 1488): labeled drawn from the 2,975 train ids, unlabeled the
   rest; valid = the 500 val ids.
 
-``--import-labeled FILE`` takes the labeled ids from a ``labeled.txt`` of another repository
-(``JPEGImages/<id>.jpg SegmentationClass/<id>.png`` or
-``leftImg8bit/train/<city>/<name>_leftImg8bit.png gtFine/...`` lines, or bare ids).
-
-Usage: ``python -m tools.make_splits --dataset voc`` (regenerates the shipped VOC_split).
+A drawn split's folder is its seed (<split> = 3407: the paper's layout, which a config
+selects with Dataset.split=seed and Seed=3407). --import-labeled FILE takes the labeled ids
+from another repository's labeled.txt (UniMatch, U2PL: "JPEGImages/<id>.jpg
+SegmentationClass/<id>.png" or "leftImg8bit/train/<city>/<name>_leftImg8bit.png gtFine/..."
+lines, or bare ids) into the folder --name, which a config selects with
+Dataset.split=<name>, with any Seed. A folder that holds another split is never overwritten.
 """
 
 from __future__ import annotations
@@ -27,17 +28,24 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.splits import draw_split, read_ids, split_dir, write_split  # noqa: E402
+from dataset.splits import (  # noqa: E402
+    CITYSCAPES_SPLITS,
+    SEED_SPLIT,
+    VOC_BLENDED,
+    VOC_CLASSIC,
+    draw_split,
+    read_ids,
+    split_dir,
+    write_split,
+)
+from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ID_LISTS = REPO.parent / "shared" / "data" / "id_lists"
+DEFAULT_ID_LISTS = REPO / "dataset" / "id_lists"  # the official id lists, shipped
 DEFAULT_OUT = {"voc": REPO / "VOC_split", "cityscapes": REPO / "CityScapes_split"}
 DEFAULT_SEED = 3407
 
-VOC_CLASSIC = (92, 183, 366, 732, 1464)
-VOC_BLENDED = (662, 1323, 2646, 5291)
-CITYSCAPES_SPLITS = (186, 372, 744, 1488)
 STANDARD = {"voc": VOC_CLASSIC + VOC_BLENDED, "cityscapes": CITYSCAPES_SPLITS}
 
 
@@ -186,66 +194,114 @@ def read_labeled_file(path: Path, dataset: str, pool: list[str]) -> list[str]:
 
 # --- command line ----------------------------------------------------------------------
 
+EXAMPLES = """examples:
+  python tools/make_splits.py --dataset voc                   # the shipped VOC splits, byte for byte
+  python tools/make_splits.py --dataset cityscapes --seed 1   # the four Cityscapes counts, seed 1
+  python tools/make_splits.py --dataset voc --num-labels 92 --data-root data/VOCdevkit/VOC2012
+  python tools/make_splits.py --dataset voc --import-labeled splits/pascal/662/labeled.txt --name unimatch
+      # then train on it with: Dataset.num_labels=662 Dataset.split=unimatch (any Seed)
+"""
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit status 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description="Draw or import labeled / unlabeled / valid split files.")
-    parser.add_argument("--dataset", required=True, choices=("voc", "cityscapes"))
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
+    parser.add_argument(
+        "--dataset", required=True, choices=("voc", "cityscapes"), help="the dataset"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--id-lists",
         type=Path,
         default=None,
-        help=f"official id lists (default {DEFAULT_ID_LISTS})",
+        metavar="DIR",
+        help="folder of the official id lists (default: dataset/id_lists in the repository)",
     )
-    source.add_argument("--data-root", type=Path, default=None, help="a downloaded dataset folder")
+    source.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take the ids from a downloaded dataset folder instead",
+    )
     parser.add_argument(
         "--num-labels",
         type=int,
         nargs="+",
         default=None,
-        help="labeled counts (default: the standard ones)",
+        metavar="N",
+        help="labeled counts to draw (default: the standard ones of the dataset)",
     )
     parser.add_argument(
         "--scheme",
         choices=("auto", "classic", "blended"),
         default="auto",
-        help="VOC: draw labeled ids from train (classic) or train_aug (blended); auto by count",
+        help="VOC: draw labeled ids from train (classic) or train_aug (blended); "
+        "auto: by the standard counts (default)",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the draw and name of the split folder (default {DEFAULT_SEED})",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="output folder (default VOC_split / CityScapes_split in the repository)",
+        metavar="DIR",
+        help="split root, the Dataset.txt_dir of a config (default: VOC_split / "
+        "CityScapes_split in the repository)",
     )
     parser.add_argument(
         "--import-labeled",
         type=Path,
         default=None,
         metavar="FILE",
-        help="take the labeled ids from a labeled.txt",
+        help="take the labeled ids from another repository's labeled.txt (needs --name)",
     )
     parser.add_argument(
-        "--name", default=None, help="with --import-labeled: folder name instead of the seed"
+        "--name",
+        default=None,
+        help="with --import-labeled: the split folder, <out>/<count>/<name>/; select it with "
+        "Dataset.split=<name>",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.name is not None and args.import_labeled is None:
         parser.error("--name only goes with --import-labeled")
-    if args.import_labeled is not None and args.num_labels is not None:
-        parser.error("--num-labels does not go with --import-labeled (the file gives the count)")
-    if args.name is not None and (
-        not args.name or Path(args.name).name != args.name or args.name in (".", "..")
-    ):
-        parser.error(f"--name {args.name!r} must be a plain folder name")
+    if args.import_labeled is not None:
+        if args.name is None:
+            parser.error(
+                "--import-labeled needs --name NAME, the split folder (e.g. --name unimatch); "
+                "train on it with Dataset.split=NAME"
+            )
+        if args.num_labels is not None:
+            parser.error(
+                "--num-labels does not go with --import-labeled (the file gives the count)"
+            )
+        if args.seed is not None:
+            parser.error("--seed does not go with --import-labeled (nothing is drawn)")
+        if not args.name or Path(args.name).name != args.name or args.name in (".", ".."):
+            parser.error(f"--name {args.name!r} must be a plain folder name")
+        if args.name == SEED_SPLIT:
+            parser.error(
+                f"--name {SEED_SPLIT} is reserved (Dataset.split={SEED_SPLIT} means the seed's folder)"
+            )
+    if args.seed is None:
+        args.seed = DEFAULT_SEED
     return args
+
+
+def _write_new(out: Path, folder: str | int, labeled, unlabeled, valid, hint: str) -> Path:
+    """Write one split; a folder that holds another split is never overwritten."""
+    existing = split_dir(out, len(labeled), folder) / "labeled_filename.txt"
+    if existing.is_file() and existing.read_text() != "".join(f"{i}\n" for i in labeled):
+        raise UserError(f"{existing} already holds another split: {hint}")
+    return write_split(out, len(labeled), folder, labeled, unlabeled, valid)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -260,16 +316,13 @@ def run(args: argparse.Namespace) -> list[Path]:
         chosen = set(labeled)
         unlabeled = [i for i in pools.train if i not in chosen]
         check_split(labeled, unlabeled, pools.train, len(labeled))
-        folder_name = args.name if args.name is not None else args.seed
-        existing = split_dir(out, len(labeled), folder_name) / "labeled_filename.txt"
-        if existing.is_file() and existing.read_text() != "".join(f"{i}\n" for i in labeled):
-            raise UserError(f"{existing} already holds another split: choose --name or --seed")
-        return [write_split(out, len(labeled), folder_name, labeled, unlabeled, pools.val)]
+        return [_write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")]
     folders = []
     for num_labels in args.num_labels or STANDARD[args.dataset]:
         scheme = scheme_of(args.dataset, num_labels, args.scheme)
         labeled, unlabeled = draw(pools, num_labels, args.seed, scheme)
-        folders.append(write_split(out, num_labels, args.seed, labeled, unlabeled, pools.val))
+        hint = "choose another --out, or move it away"
+        folders.append(_write_new(out, args.seed, labeled, unlabeled, pools.val, hint))
     return folders
 
 
@@ -282,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for folder in folders:
         print(f"wrote {folder}")
+    if args.import_labeled is not None:
+        n = folders[0].parent.name
+        print(f"train on it with: Dataset.num_labels={n} Dataset.split={args.name}")
     return 0
 
 

@@ -9,11 +9,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from utils.errors import UserError
 
 # Keys every training checkpoint holds (see engine/run.py: make_checkpoint).
 REQUIRED_KEYS = ("student", "teacher", "prototypes", "optimizer", "iteration", "config")
+
+
+def _numpy_globals() -> list:
+    """What ``weights_only`` loading must accept for numpy arrays inside a checkpoint (the
+    paper code saves its prototypes as one): the array reconstructor under its numpy 2 and
+    numpy 1 names, ``ndarray``, and the dtype classes. Nothing that runs code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    dtypes = getattr(np, "dtypes", None)
+    classes = [
+        getattr(dtypes, n)
+        for n in dir(dtypes)
+        if isinstance(getattr(dtypes, n), type) and issubclass(getattr(dtypes, n), np.dtype)
+    ]
+    names = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+    return [reconstruct, np.ndarray, np.dtype, *classes, *((reconstruct, n) for n in names)]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -41,7 +60,8 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable checkpoint ({first[:120]})") from None
@@ -81,3 +101,42 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{type(value).__name__}"
             )
     return obj
+
+
+def weight_mismatches(
+    state: dict[str, Any], expected: dict[str, torch.Tensor], unexpected: bool = True
+) -> list[str]:
+    """Every key of ``expected`` that ``state`` lacks or holds in another shape (model order),
+    then (``unexpected``) every key of ``state`` the model does not have.
+
+    ``num_batches_tracked`` may be absent (old checkpoints lack it).
+    """
+    problems = []
+    for key, ref in expected.items():
+        value = state.get(key)
+        if value is None:
+            if not key.endswith("num_batches_tracked"):
+                problems.append(f"missing key {key}")
+        elif not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, expected a tensor")
+        elif value.shape != ref.shape:
+            problems.append(f"{key} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+    if unexpected:
+        problems += [f"unexpected key {key}" for key in state if key not in expected]
+    return problems
+
+
+def load_weights(module: nn.Module, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)``, or a one-line ``UserError`` naming ``source`` and the
+    first keys and shapes that do not fit (instead of torch's page-long ``RuntimeError``)."""
+    if not isinstance(state, dict):
+        raise UserError(f"{source}: expected a state dict, got {type(state).__name__}")
+    expected = module.state_dict()
+    problems = weight_mismatches(state, expected)
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(
+            f"{source}: the weights do not fit the model of the config: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
