@@ -688,6 +688,9 @@ def test_sharded_evaluation_equals_single_process(
     args = ["--checkpoint", str(mix.dir / "latest.pth"), "--out", str(out), *mix.overrides]
     proc = torchrun(["evaluate.py", *args])
     check_ok(proc)
+    # One process reports: one table, one JSON file written (not one per process).
+    assert proc.stdout.count("mIoU") == 1, proc.stdout
+    assert [s for s in proc.stdout.splitlines() if s.startswith("wrote ")] == [f"wrote {out}"]
     sharded = json.loads(out.read_text())
     assert sharded["confusion_matrix"] == plain_eval["json"]["confusion_matrix"]
     assert sharded["miou"] == plain_eval["json"]["miou"]
