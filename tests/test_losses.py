@@ -169,3 +169,28 @@ def test_unsup_ce_all_ignored_is_connected_zero():
     assert torch.isfinite(loss) and loss.item() == 0.0
     loss.backward()
     assert pred.grad is not None and torch.count_nonzero(pred.grad) == 0
+
+
+@pytest.mark.parametrize("count_ignored", [True, False])
+def test_logged_unsup_weight_is_the_weight_the_loss_applies(count_ignored):
+    """engine.step.diagnostics logs ``mask_ratio`` (confident and not ignored, over all pixels)
+    and ``unsup_weight`` (the mean image weight of unsup_ce), named apart: with the paper's
+    weight the confident ignored pixels count in the second only."""
+    from types import SimpleNamespace
+
+    from engine.step import diagnostics
+
+    # image 0: 4 pixels, 2 labeled (1 confident), 2 ignored (both confident)
+    # image 1: 4 pixels, all labeled, 3 confident
+    y = torch.tensor([[[0, 1, -1, -1]], [[2, 2, 2, 2]]])
+    conf = torch.tensor([[[0.99, 0.5, 0.98, 0.99]], [[0.99, 0.99, 0.99, 0.1]]])
+    cfg = {"Loss": {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}}
+    run = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
+    zero = torch.zeros(())
+    out = diagnostics(run, zero, zero, 1.0, {"y_u": y, "conf_u": conf})
+    assert out["mask_ratio"].item() == pytest.approx((1 + 3) / 8)
+    w0 = (1 + 2) / 2 if count_ignored else 1 / 2
+    assert out["unsup_weight"].item() == pytest.approx((w0 + 3 / 4) / 2)
+    # and it is the weight that unsup_ce multiplies the per-pixel CE with
+    weights = image_weights(y, conf, 0.97, count_ignored)
+    assert out["unsup_weight"].item() == pytest.approx(weights.mean().item())
