@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ from engine.data import class_names, cycle, make_loader
 from engine.evaluation import evaluate, format_table, sync_buffers
 from engine.run import Run, save
 from engine.step import train_step
-from utils.dist import all_reduce_sum, is_main_process
+from utils.dist import all_reduce_sum, barrier, is_main_process
 from utils.errors import UserError
 from utils.sampler import EpochBatchSampler, step_seed
 from utils.schedules import poly_lr
@@ -30,20 +31,47 @@ LOSS_TERMS = ("sup", "unsup", "contrast", "total")
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM: finish the current step, write latest.pth, exit. A second Ctrl-C
-    interrupts at once."""
+    """Ctrl-C / SIGTERM: every process finishes the current step, latest.pth is written, every
+    process exits (status 130). A second signal interrupts at once, unless it comes within
+    ``WINDOW`` seconds of the first: then it is the same request (a terminal's Ctrl-C can reach
+    a worker directly and once more forwarded by torchrun's agent). Once the stop checkpoint
+    is written further signals are ignored: the process is exiting anyway. Data-loader worker
+    processes (forked, so they inherit the handler) ignore them: their process stops them."""
 
+    WINDOW = 2.0
     requested = False
+    first_at = 0.0
+    checkpoint_written = False
+    pid = -1  # the process that installed the handler
+
+    @classmethod
+    def handler(cls, signum: int, frame=None) -> None:
+        if os.getpid() != cls.pid:
+            return
+        now = time.monotonic()
+        if not cls.requested:
+            cls.requested, cls.first_at = True, now
+            if os.environ.get("RANK", "0") == "0":  # os.write: print is not reentrant
+                os.write(
+                    2,
+                    f"\n{signal.Signals(signum).name}: finishing this step, then writing "
+                    f"latest.pth (a signal after {cls.WINDOW:g} s interrupts at once)\n".encode(),
+                )
+            return
+        if cls.checkpoint_written or now - cls.first_at < cls.WINDOW:
+            return
+        raise KeyboardInterrupt
 
     @classmethod
     def install(cls) -> None:
-        def handler(signum, frame):
-            if cls.requested:
-                raise KeyboardInterrupt
-            cls.requested = True
+        cls.pid = os.getpid()
+        signal.signal(signal.SIGINT, cls.handler)
+        signal.signal(signal.SIGTERM, cls.handler)
 
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    @classmethod
+    def reset(cls) -> None:
+        """No request (for a second run in the same process, e.g. in tests)."""
+        cls.requested, cls.first_at, cls.checkpoint_written = False, 0.0, False
 
 
 class MetricAverager:
@@ -133,15 +161,15 @@ def set_learning_rate(run: Run) -> None:
         group["lr"] = lr
 
 
-def reduce_step(run: Run, stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
+def reduce_step(run: Run, stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
     """One small all-reduce per step: logged values become means over processes, and a stop
     request or a non-finite loss on any process stops every process at the same step.
-    Returns the values and whether to stop."""
+    Returns the values and the number of processes asked to stop (0: go on)."""
     stats["stop"] = torch.tensor(float(StopRequest.requested), device=run.device)
     names = list(stats)
     packed = all_reduce_sum(torch.stack([stats[k].float() for k in names])) / run.world
     values = dict(zip(names, packed.cpu().tolist()))
-    stop = values.pop("stop") > 0
+    stop = round(values.pop("stop") * run.world)  # processes that were asked to stop
     return values, stop
 
 
@@ -243,6 +271,14 @@ def train(run: Run, work_dir: Path) -> dict:
         if is_eval or run.iteration % tr["save_interval"] == 0 or stop:
             save(run, work_dir, "latest.pth")
         if stop:
+            StopRequest.checkpoint_written = True
+            barrier()  # no process exits before rank 0 has written latest.pth
+            log.info(
+                "stop requested on %d of %d process(es): latest.pth holds iteration %d",
+                stop,
+                run.world,
+                run.iteration,
+            )
             raise KeyboardInterrupt
         t_data = time.perf_counter()
     bar.close()
