@@ -216,6 +216,43 @@ def evaluate_and_save(
     return miou, iou
 
 
+def schedule_lines(run: Run) -> list[str]:
+    """The per-epoch schedule in iterations: an epoch is one pass over the labeled loader
+    (``num_labels / (batch x processes)``, as in the paper code), so the contrastive ramp-down
+    and cross_label's warm-up end earlier with more processes."""
+    cfg, ipe, world = run.cfg, run.iters_per_epoch, run.world
+    bs, total = cfg["Dataset"]["batch_size"], cfg["Training"]["total_iter"]
+    batch = f"{bs * world} labeled"
+    if run.strategy.semi_supervised:
+        batch += f" + {bs * world} unlabeled"
+
+    def upto(epoch: int) -> str:
+        it = epoch * ipe
+        return (
+            f"iteration {it} (epoch {epoch}{', after the last iteration' if it >= total else ''})"
+        )
+
+    lines = [
+        f"an epoch is {ipe} iterations ({len(run.datasets['labeled'])} labeled images / "
+        f"(batch {bs} x {world} process(es))); effective batch {batch} images; "
+        f"{total} iterations = {total / ipe:.4g} epochs"
+    ]
+    if run.strategy.ramps_contrast:
+        r = cfg["Ramp_Scheduler"]
+        start = f"0 up to {upto(r['begin_epoch'])}, then " if r["begin_epoch"] > 0 else ""
+        lines.append(
+            f"contrastive weight: {start}ramps down from {r['max_value']:g} until "
+            f"{upto(r['max_epoch'])}, {r['min_value']:g} after"
+        )
+    if run.strategy.warms_up:
+        w = cfg["Loss"]["warm_up"]
+        lines.append(
+            f"{run.strategy.name} warm-up: the unsupervised CE learns from logit-space labels "
+            f"until {upto(w)}, from representation-space labels after"
+        )
+    return lines
+
+
 def progress_bar(run: Run) -> tqdm:
     return tqdm(
         total=run.cfg["Training"]["total_iter"],
@@ -232,13 +269,33 @@ def progress_bar(run: Run) -> tqdm:
 
 def train(run: Run, work_dir: Path) -> dict:
     """Train from ``run.iteration`` to ``Training.total_iter``; return the summary."""
-    tr, seed = run.cfg["Training"], run.cfg["Seed"]
+    tr = run.cfg["Training"]
+    for line in schedule_lines(run):
+        log.info(line)
+    if run.iteration >= tr["total_iter"]:
+        log.info(
+            "the run is complete (iteration %d of %d): evaluating its %s",
+            run.iteration,
+            tr["total_iter"],
+            run.strategy.evaluates,
+        )
     metrics, avg = MetricsWriter(work_dir), MetricAverager()
     stream = batches(run)
     run.started = time.time()
     bar = progress_bar(run)
     run.student.train()
     run.teacher.train()
+    try:
+        last_eval = train_steps(run, work_dir, stream, bar, metrics, avg)
+    finally:
+        bar.close()  # before any message, so that it starts its own line
+        metrics.close()
+    return final_report(run, last_eval)
+
+
+def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWriter, avg):
+    """The steps up to ``Training.total_iter``; the last evaluation (None if there was none)."""
+    tr, seed = run.cfg["Training"], run.cfg["Seed"]
     last_eval = None
     t_data = time.perf_counter()
     while run.iteration < tr["total_iter"]:
@@ -248,11 +305,7 @@ def train(run: Run, work_dir: Path) -> dict:
         torch.manual_seed(step_seed(seed, run.rank, run.iteration))
         t0 = time.perf_counter()
         values, stop = reduce_step(run, train_step(run, batch_l, batch_u))
-        try:
-            check_finite(run, values)
-        except UserError:
-            bar.close()  # so that the message starts its own line, not the progress bar's
-            raise
+        check_finite(run, values)
         run.iteration += 1
         values.update(
             lr=run.optimizer.param_groups[0]["lr"],
@@ -281,9 +334,7 @@ def train(run: Run, work_dir: Path) -> dict:
             )
             raise KeyboardInterrupt
         t_data = time.perf_counter()
-    bar.close()
-    metrics.close()
-    return final_report(run, last_eval)
+    return last_eval
 
 
 def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict:
