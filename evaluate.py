@@ -142,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             amp_dtype=amp_dtype_for(cfg, device),
             batch_size=args.batch_size or cfg["Dataset"]["batch_size"],
         )
+        # Asked while the process group exists: after it is destroyed every process is rank 0.
+        reports = is_main_process()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         if is_dist():
             torch.distributed.destroy_process_group()
-    if is_main_process():
+    if reports:  # one process prints the table and writes the JSON
         names = class_names(cfg["Dataset"]["name"])
         iou = cm.iou()
         print(format_table(iou, names))

@@ -1,8 +1,8 @@
 """The command line of the training entry scripts: parse, validate everything before the run
 folder is touched, then one process (or ``--nproc-per-node N`` processes) trains.
 
-    python mix_label.py [--config PATH] [--work-dir DIR] [--no-resume] [--nproc-per-node N|auto]
-                        [Section.key=value ...]
+    python mix_label.py [--config PATH] [--work-dir DIR] [--no-resume] [--allow-changes]
+                        [--nproc-per-node N|auto] [Section.key=value ...]
 
 The config is ``--config``; without it, the run folder's own ``config.yaml`` (a run started
 before resumes with the config it was started with), else ``configs/demo.yaml``.
@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from engine import launch, loop
 from engine.config import DEFAULT_CONFIG, dump_config, load_config
 from engine.data import split_name
-from engine.run import build_run, check_resume_compatible, restore
+from engine.run import build_run, check_resume, check_resume_compatible, restore
 from utils.checkpoint import load_checkpoint
 from utils.command_line import ArgumentParser
 from utils.dist import init_distributed, is_dist, is_main_process
@@ -132,6 +133,12 @@ def build_parser(strategy: str, description: str | None = None) -> ArgumentParse
         "resuming it; nothing is overwritten either way",
     )
     p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume although training settings or the number of processes differ from the "
+        "checkpoint's (each change is logged); the model and dataset keys can never change",
+    )
+    p.add_argument(
         "--nproc-per-node",
         default=None,
         metavar="N|auto",
@@ -204,14 +211,18 @@ def config_path(args: argparse.Namespace) -> Path:
     return DEFAULT_CONFIG
 
 
-def prepare(strategy: Strategy, args: argparse.Namespace) -> tuple[dict, Path, dict | None]:
-    """Validate everything before the run folder is touched."""
+def prepare(
+    strategy: Strategy, args: argparse.Namespace, world: int = 1
+) -> tuple[dict, Path, dict | None, list[str]]:
+    """Validate everything before the run folder is touched. Returns the config, the run
+    folder, the checkpoint to resume (or None) and the lines saying what the resume changes
+    (``--allow-changes``)."""
     cfg = load_config(config_path(args), args.overrides)
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(cfg, strategy)
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir} exists and is not a folder")
     latest = work_dir / "latest.pth"
-    state = None
+    state, notes = None, []
     if latest.exists():
         if args.no_resume:
             raise UserError(
@@ -224,10 +235,13 @@ def prepare(strategy: Strategy, args: argparse.Namespace) -> tuple[dict, Path, d
             raise UserError(
                 f"{latest} belongs to a {state.get('strategy')} run, not {strategy.name}"
             )
-    return cfg, work_dir, state
+        notes = check_resume(state, cfg, world, latest, args.allow_changes)
+    return cfg, work_dir, state, notes
 
 
-def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | None) -> int:
+def train_process(
+    strategy: Strategy, cfg: dict, work_dir: Path, state: dict | None, notes: list[str] = ()
+) -> int:
     """One training process (of one, or of a torchrun / --nproc-per-node group)."""
     device, rank, world = init_distributed()
     # Denormal floats make CPU kernels many times slower early in training.
@@ -258,14 +272,18 @@ def train_process(strategy: Strategy, cfg: dict, work_dir: Path, state: dict | N
             if run.amp_dtype is not None
             else f"no fast reduced precision on this {device.type} (no native bf16); fp32",
         )
+    for note in notes:
+        log.info(note)
     try:
         summary = loop.train(run, work_dir)
     except KeyboardInterrupt:
-        if (work_dir / "latest.pth").exists():
-            print(
-                f"\ninterrupted: {work_dir / 'latest.pth'} holds iteration {run.iteration}",
-                file=sys.stderr,
-            )
+        where = f" (rank {rank} of {world})" if world > 1 else ""
+        kept = (
+            f"{work_dir / 'latest.pth'} holds iteration {run.latest_iteration}"
+            if run.latest_iteration is not None
+            else "no checkpoint was written"
+        )
+        print(f"\ninterrupted at iteration {run.iteration}{where}: {kept}", file=sys.stderr)
         raise
     if is_main_process():
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -279,10 +297,17 @@ def main(strategy_name: str, argv: list[str] | None = None, description: str | N
     args = parse_args(strategy.name, argv, description)
     try:
         nproc = launch.processes_wanted(args.nproc_per_node)
-        cfg, work_dir, state = prepare(strategy, args)
+        try:
+            cfg, work_dir, state, notes = prepare(strategy, args, launch.world_size(nproc))
+        except UserError as exc:
+            # The same on every process of a launch (it depends on the command line and the
+            # files only): one line per machine, not one per process.
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 2
         if nproc > 1:
             return launch.elastic_run(nproc, launch.entry_script(strategy.name), argv)
-        return train_process(strategy, cfg, work_dir, state)
+        return train_process(strategy, cfg, work_dir, state, notes)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

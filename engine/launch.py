@@ -9,6 +9,7 @@ is ``torchrun --nproc_per_node=2 mix_label.py``. ``torchrun`` stays the way for 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -33,6 +34,14 @@ def processes_wanted(value: str | None) -> int:
     if n < 1:
         raise UserError(f"{FLAG}: got {value!r}, expected a positive integer or auto")
     return n
+
+
+def world_size(nproc: int) -> int:
+    """The number of training processes of this launch: torchrun's ``WORLD_SIZE`` (every node
+    together) when torchrun started this process, else ``nproc``."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return nproc
 
 
 def entry_script(strategy_name: str) -> Path:

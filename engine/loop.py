@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ from engine.data import class_names, cycle, make_loader
 from engine.evaluation import evaluate, format_table, sync_buffers
 from engine.run import Run, save
 from engine.step import train_step
-from utils.dist import all_reduce_sum, is_main_process
+from utils.dist import all_reduce_sum, barrier, is_main_process
 from utils.errors import UserError
 from utils.sampler import EpochBatchSampler, step_seed
 from utils.schedules import poly_lr
@@ -30,20 +31,47 @@ LOSS_TERMS = ("sup", "unsup", "contrast", "total")
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM: finish the current step, write latest.pth, exit. A second Ctrl-C
-    interrupts at once."""
+    """Ctrl-C / SIGTERM: every process finishes the current step, latest.pth is written, every
+    process exits (status 130). A second signal interrupts at once, unless it comes within
+    ``WINDOW`` seconds of the first: then it is the same request (a terminal's Ctrl-C can reach
+    a worker directly and once more forwarded by torchrun's agent). Once the stop checkpoint
+    is written further signals are ignored: the process is exiting anyway. Data-loader worker
+    processes (forked, so they inherit the handler) ignore them: their process stops them."""
 
+    WINDOW = 2.0
     requested = False
+    first_at = 0.0
+    checkpoint_written = False
+    pid = -1  # the process that installed the handler
+
+    @classmethod
+    def handler(cls, signum: int, frame=None) -> None:
+        if os.getpid() != cls.pid:
+            return
+        now = time.monotonic()
+        if not cls.requested:
+            cls.requested, cls.first_at = True, now
+            if os.environ.get("RANK", "0") == "0":  # os.write: print is not reentrant
+                os.write(
+                    2,
+                    f"\n{signal.Signals(signum).name}: finishing this step, then writing "
+                    f"latest.pth (a signal after {cls.WINDOW:g} s interrupts at once)\n".encode(),
+                )
+            return
+        if cls.checkpoint_written or now - cls.first_at < cls.WINDOW:
+            return
+        raise KeyboardInterrupt
 
     @classmethod
     def install(cls) -> None:
-        def handler(signum, frame):
-            if cls.requested:
-                raise KeyboardInterrupt
-            cls.requested = True
+        cls.pid = os.getpid()
+        signal.signal(signal.SIGINT, cls.handler)
+        signal.signal(signal.SIGTERM, cls.handler)
 
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    @classmethod
+    def reset(cls) -> None:
+        """No request (for a second run in the same process, e.g. in tests)."""
+        cls.requested, cls.first_at, cls.checkpoint_written = False, 0.0, False
 
 
 class MetricAverager:
@@ -133,15 +161,15 @@ def set_learning_rate(run: Run) -> None:
         group["lr"] = lr
 
 
-def reduce_step(run: Run, stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
+def reduce_step(run: Run, stats: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
     """One small all-reduce per step: logged values become means over processes, and a stop
     request or a non-finite loss on any process stops every process at the same step.
-    Returns the values and whether to stop."""
+    Returns the values and the number of processes asked to stop (0: go on)."""
     stats["stop"] = torch.tensor(float(StopRequest.requested), device=run.device)
     names = list(stats)
     packed = all_reduce_sum(torch.stack([stats[k].float() for k in names])) / run.world
     values = dict(zip(names, packed.cpu().tolist()))
-    stop = values.pop("stop") > 0
+    stop = round(values.pop("stop") * run.world)  # processes that were asked to stop
     return values, stop
 
 
@@ -189,6 +217,43 @@ def evaluate_and_save(
     return miou, iou
 
 
+def schedule_lines(run: Run) -> list[str]:
+    """The per-epoch schedule in iterations: an epoch is one pass over the labeled loader
+    (``num_labels / (batch x processes)``, as in the paper code), so the contrastive ramp-down
+    and cross_label's warm-up end earlier with more processes."""
+    cfg, ipe, world = run.cfg, run.iters_per_epoch, run.world
+    bs, total = cfg["Dataset"]["batch_size"], cfg["Training"]["total_iter"]
+    batch = f"{bs * world} labeled"
+    if run.strategy.semi_supervised:
+        batch += f" + {bs * world} unlabeled"
+
+    def upto(epoch: int) -> str:
+        it = epoch * ipe
+        return (
+            f"iteration {it} (epoch {epoch}{', after the last iteration' if it >= total else ''})"
+        )
+
+    lines = [
+        f"an epoch is {ipe} iterations ({len(run.datasets['labeled'])} labeled images / "
+        f"(batch {bs} x {world} process(es))); effective batch {batch} images; "
+        f"{total} iterations = {total / ipe:.4g} epochs"
+    ]
+    if run.strategy.ramps_contrast:
+        r = cfg["Ramp_Scheduler"]
+        start = f"0 up to {upto(r['begin_epoch'])}, then " if r["begin_epoch"] > 0 else ""
+        lines.append(
+            f"contrastive weight: {start}ramps down from {r['max_value']:g} until "
+            f"{upto(r['max_epoch'])}, {r['min_value']:g} after"
+        )
+    if run.strategy.warms_up:
+        w = cfg["Loss"]["warm_up"]
+        lines.append(
+            f"{run.strategy.name} warm-up: the unsupervised CE learns from logit-space labels "
+            f"until {upto(w)}, from representation-space labels after"
+        )
+    return lines
+
+
 def progress_bar(run: Run) -> tqdm:
     return tqdm(
         total=run.cfg["Training"]["total_iter"],
@@ -205,13 +270,33 @@ def progress_bar(run: Run) -> tqdm:
 
 def train(run: Run, work_dir: Path) -> dict:
     """Train from ``run.iteration`` to ``Training.total_iter``; return the summary."""
-    tr, seed = run.cfg["Training"], run.cfg["Seed"]
+    tr = run.cfg["Training"]
+    for line in schedule_lines(run):
+        log.info(line)
+    if run.iteration >= tr["total_iter"]:
+        log.info(
+            "the run is complete (iteration %d of %d): evaluating its %s",
+            run.iteration,
+            tr["total_iter"],
+            run.strategy.evaluates,
+        )
     metrics, avg = MetricsWriter(work_dir), MetricAverager()
     stream = batches(run)
     run.started = time.time()
     bar = progress_bar(run)
     run.student.train()
     run.teacher.train()
+    try:
+        last_eval = train_steps(run, work_dir, stream, bar, metrics, avg)
+    finally:
+        bar.close()  # before any message, so that it starts its own line
+        metrics.close()
+    return final_report(run, last_eval)
+
+
+def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWriter, avg):
+    """The steps up to ``Training.total_iter``; the last evaluation (None if there was none)."""
+    tr, seed = run.cfg["Training"], run.cfg["Seed"]
     last_eval = None
     t_data = time.perf_counter()
     while run.iteration < tr["total_iter"]:
@@ -221,11 +306,7 @@ def train(run: Run, work_dir: Path) -> dict:
         torch.manual_seed(step_seed(seed, run.rank, run.iteration))
         t0 = time.perf_counter()
         values, stop = reduce_step(run, train_step(run, batch_l, batch_u))
-        try:
-            check_finite(run, values)
-        except UserError:
-            bar.close()  # so that the message starts its own line, not the progress bar's
-            raise
+        check_finite(run, values)
         run.iteration += 1
         values.update(
             lr=run.optimizer.param_groups[0]["lr"],
@@ -244,11 +325,17 @@ def train(run: Run, work_dir: Path) -> dict:
         if is_eval or run.iteration % tr["save_interval"] == 0 or stop:
             save(run, work_dir, "latest.pth")
         if stop:
+            StopRequest.checkpoint_written = True
+            barrier()  # no process exits before rank 0 has written latest.pth
+            log.info(
+                "stop requested on %d of %d process(es): latest.pth holds iteration %d",
+                stop,
+                run.world,
+                run.iteration,
+            )
             raise KeyboardInterrupt
         t_data = time.perf_counter()
-    bar.close()
-    metrics.close()
-    return final_report(run, last_eval)
+    return last_eval
 
 
 def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict:

@@ -41,6 +41,22 @@ RESUME_FIXED = (
     "Dataset.batch_size",
     "Dataset.crop_size",
 )
+# Keys that may change when a run is resumed: where the files are, and how often and how the
+# loop logs, saves and evaluates. They leave the trained weights as they are. Every other key
+# (schedule, optimiser, losses, precision, ...) changes the rest of the run: a resume that
+# changes one is refused unless asked for (``--allow-changes``), and then logged.
+RESUME_FREE = (
+    "Dataset.data_dir",
+    "Dataset.txt_dir",
+    "Dataset.num_workers",
+    "Network.pretrained",
+    "Network.random_init",
+    "Training.eval_interval",
+    "Training.eval_mode",
+    "Training.eval_crop_size",
+    "Training.save_interval",
+    "Training.log_interval",
+)
 
 
 def config_value(cfg: dict, dotted: str) -> Any:
@@ -61,6 +77,18 @@ def _compared(cfg: dict, dotted: str) -> Any:
     return config_value(cfg, dotted)
 
 
+def dotted_keys(cfg: dict, prefix: str = "") -> list[str]:
+    """Every ``Section.key`` of a config, in order."""
+    out = []
+    for k, v in cfg.items():
+        out += dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def describe_changes(saved: dict, cfg: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k} ({_compared(saved, k)!r} -> {_compared(cfg, k)!r})" for k in keys)
+
+
 def check_resume_compatible(
     saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
 ) -> None:
@@ -71,8 +99,57 @@ def check_resume_compatible(
     saved = with_added_keys(saved)
     diff = [k for k in keys if _compared(saved, k) != _compared(cfg, k)]
     if diff:
-        shown = ", ".join(f"{k} ({_compared(saved, k)!r} -> {_compared(cfg, k)!r})" for k in diff)
+        shown = describe_changes(saved, cfg, diff)
         raise UserError(f"{path} was trained with another model or dataset: {shown}")
+
+
+def iters_per_epoch(num_labeled: int, batch_size: int, world: int) -> int:
+    """Iterations of one pass over the labeled loader (the paper's epoch):
+    ``ceil(num_labeled / world) // batch_size``."""
+    return -(-num_labeled // world) // batch_size
+
+
+def check_resume(state: dict, cfg: dict, world: int, path: Path, allow: bool) -> list[str]:
+    """What resuming ``state`` with ``cfg`` on ``world`` processes changes, beyond the keys
+    that may change (``RESUME_FREE``): changed training keys, and another number of
+    processes while the run still has iterations to train (the effective batch, the epoch
+    length and the data order follow it). Refused naming them unless ``allow``; returns the
+    lines to log (none for an exact resume). ``RESUME_FIXED`` keys are checked before."""
+    saved = state["config"]
+    keys = dict.fromkeys(dotted_keys(cfg) + dotted_keys(saved))
+    changed = [
+        k
+        for k in keys
+        if k not in RESUME_FIXED
+        and k not in RESUME_FREE
+        and config_value(saved, k) != config_value(cfg, k)
+    ]
+    found, notes = [], []
+    if changed:
+        found.append(describe_changes(saved, cfg, changed))
+        notes.append(f"resuming with changed settings (--allow-changes): {found[-1]}")
+    saved_world = state.get("world_size")
+    if int(state["iteration"]) < cfg["Training"]["total_iter"] and saved_world != world:
+        if saved_world is None:  # written before checkpoints recorded it
+            notes.append(f"{path} does not record its number of processes; this run has {world}")
+        else:
+            n, bs = cfg["Dataset"]["num_labels"], cfg["Dataset"]["batch_size"]
+            what = (
+                f"effective batch {bs}x{saved_world} -> {bs}x{world} images per loader, an "
+                f"epoch {iters_per_epoch(n, bs, saved_world)} -> {iters_per_epoch(n, bs, world)}"
+                " iterations, another data order"
+            )
+            found.append(f"processes ({saved_world} -> {world}: {what})")
+            notes.append(
+                f"resuming on {world} process(es) instead of {saved_world} (--allow-changes): "
+                f"{what}"
+            )
+    if found and not allow:
+        raise UserError(
+            f"{path}: resuming would change the run: {'; '.join(found)}; resume with the same "
+            "settings, pass --allow-changes to continue with these, or use another --work-dir"
+        )
+    return notes
 
 
 @dataclass
@@ -98,6 +175,7 @@ class Run:
     history: list = field(default_factory=list)
     channels_last: bool = False  # inputs in the networks' memory format (GPU only)
     seconds_before: float = 0.0  # training time of earlier processes of this run (resume)
+    latest_iteration: int | None = None  # the iteration latest.pth holds (None: not written)
     started: float = field(default_factory=time.time)
 
     @property
@@ -249,7 +327,7 @@ def build_run(
         scaler=scaler,
         amp_dtype=amp_dtype,
         datasets=datasets,
-        iters_per_epoch=per_rank // data["batch_size"],
+        iters_per_epoch=iters_per_epoch(len(datasets["labeled"]), data["batch_size"], world),
         channels_last=channels_last,
     )
 
@@ -258,20 +336,22 @@ def build_run(
 
 
 def make_checkpoint(run: Run) -> dict:
+    """Everything a resume reads. The EMA step and the epoch follow from ``iteration``, and
+    every step reseeds the random generators from ``(Seed, rank, iteration)``, so neither
+    they nor a generator state are stored (older checkpoints that hold ``ema_step``,
+    ``epoch`` and ``rng`` still load; those entries are not read)."""
     return {
         "student": run.student.state_dict(),
         "teacher": run.teacher.state_dict(),
-        "ema_step": run.iteration,
         "prototypes": run.prototypes.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "iteration": run.iteration,
-        "epoch": run.epoch,
         "best_miou": run.best_miou,
         "history": run.history,
         "wall_seconds": run.wall_seconds(),
         "strategy": run.strategy.name,
-        "rng": {"torch": torch.get_rng_state()},
+        "world_size": run.world,
         "config": run.cfg,
     }
 
@@ -288,6 +368,7 @@ def restore(run: Run, state: dict, source: str = "checkpoint") -> None:
     run.best_miou = float(state["best_miou"])
     run.history = list(state["history"])
     run.seconds_before = float(state.get("wall_seconds", 0.0))
+    run.latest_iteration = run.iteration
 
 
 def load_trained_checkpoint(path: str | Path) -> dict:
@@ -354,5 +435,8 @@ def result_model_key(state: dict) -> str:
 
 
 def save(run: Run, work_dir: Path, name: str) -> None:
+    """Rank 0 writes the checkpoint (every process calls this at the same iteration)."""
     if is_main_process():
         save_checkpoint(make_checkpoint(run), work_dir / name)
+    if name == "latest.pth":
+        run.latest_iteration = run.iteration

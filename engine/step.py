@@ -18,7 +18,7 @@ from engine.run import Run
 from utils.contrastive import prototype_contrastive_loss
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
-from utils.losses import ohem_ce, sup_ce, unsup_ce
+from utils.losses import image_weights, ohem_ce, sup_ce, unsup_ce
 from utils.schedules import ramp_down
 from utils.strategies import PseudoLabels, teacher_predictions
 
@@ -207,14 +207,21 @@ def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, phase=no_time
 
 
 def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, unlabeled) -> dict:
-    """The logged values of the unlabeled branch (0-dim tensors)."""
-    maps = unlabeled.maps
+    """The logged values of the unlabeled branch (0-dim tensors). ``mask_ratio``: the fraction
+    of pixels that are confident and not ignored; ``unsup_weight``: the mean per-image weight
+    the unsupervised CE applies (with ``Loss.weight_counts_ignored`` its numerator also counts
+    confident ignored pixels, so it can exceed 1)."""
+    loss_cfg, maps, threshold = run.cfg["Loss"], unlabeled.maps, unlabeled.un_threshold
     with torch.no_grad():
-        confident = (maps["conf_u"] >= unlabeled.un_threshold) & (maps["y_u"] >= 0)
+        confident = (maps["conf_u"] >= threshold) & (maps["y_u"] >= 0)
+        weight = image_weights(
+            maps["y_u"], maps["conf_u"], threshold, loss_cfg["weight_counts_ignored"]
+        )
         return {
             "unsup": unsup.detach(),
             "contrast": contrast.detach(),
             "mask_ratio": confident.float().mean(),
+            "unsup_weight": weight.mean(),
             "lambda": torch.tensor(lam, device=run.device),
         }
 

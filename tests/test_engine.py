@@ -354,13 +354,17 @@ def test_entry_script_writes_every_file(strategy: str, runs: dict) -> None:
         assert x["epoch"] == 0  # 16 labeled / batch 2 = 8 iterations per epoch
         assert math.isfinite(x["sup"]) and x["sup"] > 0
         if strategy == "supervised":
-            assert not {"unsup", "contrast", "mask_ratio", "lambda", "agreement"} & set(x)
+            assert not {"unsup", "contrast", "mask_ratio", "unsup_weight", "lambda"} & set(x)
+            assert "agreement" not in x
             assert x["total"] == pytest.approx(x["sup"], rel=1e-6)
             continue
         # ramp-down at epoch 0 = max_value * exp(ramp_mult * 0) (begin_epoch 0); 1 for ori_pseudo
         lam = 1.0 if strategy == "ori_pseudo" else ramp["max_value"]
         assert x["lambda"] == pytest.approx(lam)
         assert x["unsup"] >= 0 and x["contrast"] >= 0 and 0 <= x["mask_ratio"] <= 1
+        assert x["unsup_weight"] >= 0  # the paper's weight may exceed 1
+        if x["unsup_weight"] == 0:  # every image weighs 0: the unsupervised CE is 0
+            assert x["unsup"] == 0
         total = x["sup"] + x["unsup"] + x["lambda"] * x["contrast"]
         assert x["total"] == pytest.approx(total, rel=1e-5)
         if strategy == "ori_pseudo":
@@ -970,6 +974,9 @@ def test_sharded_evaluation_equals_single_process(
     args = ["--checkpoint", str(mix.dir / "latest.pth"), "--out", str(out), *mix.overrides]
     proc = torchrun(["evaluate.py", *args])
     check_ok(proc)
+    # One process reports: one table, one JSON file written (not one per process).
+    assert proc.stdout.count("mIoU") == 1, proc.stdout
+    assert [s for s in proc.stdout.splitlines() if s.startswith("wrote ")] == [f"wrote {out}"]
     sharded = json.loads(out.read_text())
     assert sharded["confusion_matrix"] == plain_eval["json"]["confusion_matrix"]
     assert sharded["miou"] == plain_eval["json"]["miou"]

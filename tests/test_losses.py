@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from utils.losses import image_weights, ohem_ce, sup_ce, unsup_ce
+from utils.losses import image_weights, ohem_ce, sup_ce, true_class_prob, unsup_ce
 
 
 def ce(logits, label):
@@ -61,7 +61,8 @@ def mean_nll(ps):
 @pytest.mark.parametrize(
     ("min_kept", "kept"),
     [
-        (0, [0.1, 0.3, 0.5]),  # only thresh
+        (0, OHEM_P),  # min_kept 0: no mining (paper code), every valid pixel
+        (1, [0.1, 0.3, 0.5]),  # 1st smallest 0.1 <= 0.7: thresh wins
         (2, [0.1, 0.3, 0.5]),  # 2nd smallest 0.3 <= 0.7: thresh wins
         (3, [0.1, 0.3, 0.5]),
         (4, [0.1, 0.3, 0.5, 0.8]),  # 4th smallest 0.8 > 0.7 becomes the threshold
@@ -74,6 +75,17 @@ def test_ohem_keeps_hardest_and_respects_thresh(min_kept, kept):
     pred, y = ohem_case()
     loss = ohem_ce(pred, y, thresh=0.7, min_kept=min_kept)
     assert loss.item() == pytest.approx(mean_nll(kept), rel=1e-5)
+
+
+def test_ohem_min_kept_zero_is_plain_ce():
+    """The paper code applies the hard-pixel mask only when min_kept > 0 (SPEC: Faithful vs.
+    fixed); with 0 its OHEM is the plain CE over all valid pixels, whatever the threshold."""
+    torch.manual_seed(0)
+    pred = torch.randn(2, 4, 5, 6) * 3
+    y = torch.randint(-1, 4, (2, 5, 6))
+    assert (true_class_prob(pred, y)[y >= 0] > 0.7).any()  # pixels the mask would drop
+    for thresh in (0.0, 0.3, 0.7):
+        assert torch.equal(ohem_ce(pred, y, thresh=thresh, min_kept=0), sup_ce(pred, y))
 
 
 def test_ohem_thresh_value_matters():
@@ -157,3 +169,28 @@ def test_unsup_ce_all_ignored_is_connected_zero():
     assert torch.isfinite(loss) and loss.item() == 0.0
     loss.backward()
     assert pred.grad is not None and torch.count_nonzero(pred.grad) == 0
+
+
+@pytest.mark.parametrize("count_ignored", [True, False])
+def test_logged_unsup_weight_is_the_weight_the_loss_applies(count_ignored):
+    """engine.step.diagnostics logs ``mask_ratio`` (confident and not ignored, over all pixels)
+    and ``unsup_weight`` (the mean image weight of unsup_ce), named apart: with the paper's
+    weight the confident ignored pixels count in the second only."""
+    from types import SimpleNamespace
+
+    from engine.step import diagnostics
+
+    # image 0: 4 pixels, 2 labeled (1 confident), 2 ignored (both confident)
+    # image 1: 4 pixels, all labeled, 3 confident
+    y = torch.tensor([[[0, 1, -1, -1]], [[2, 2, 2, 2]]])
+    conf = torch.tensor([[[0.99, 0.5, 0.98, 0.99]], [[0.99, 0.99, 0.99, 0.1]]])
+    cfg = {"Loss": {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}}
+    run = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
+    zero = torch.zeros(())
+    out = diagnostics(run, zero, zero, 1.0, {"y_u": y, "conf_u": conf})
+    assert out["mask_ratio"].item() == pytest.approx((1 + 3) / 8)
+    w0 = (1 + 2) / 2 if count_ignored else 1 / 2
+    assert out["unsup_weight"].item() == pytest.approx((w0 + 3 / 4) / 2)
+    # and it is the weight that unsup_ce multiplies the per-pixel CE with
+    weights = image_weights(y, conf, 0.97, count_ignored)
+    assert out["unsup_weight"].item() == pytest.approx(weights.mean().item())

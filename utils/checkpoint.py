@@ -38,20 +38,27 @@ def _numpy_globals() -> list:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to a temporary file in the same folder, then rename it into place.
 
-    A crash (even SIGKILL) in the middle leaves the previous file intact.
+    A crash (even SIGKILL) in the middle leaves the previous file intact. A write that fails
+    (a folder that cannot be written, a full disk) is a one-line ``UserError`` naming the file;
+    the previous file stays and the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        kept = "the previous one is kept" if path.is_file() else "no earlier one exists"
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); {kept}") from None
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:

@@ -72,3 +72,9 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_dist():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def barrier() -> None:
+    """Wait until every process arrives here; nothing without a process group."""
+    if is_dist():
+        dist.barrier()

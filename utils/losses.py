@@ -46,17 +46,17 @@ def ohem_ce(
     ``threshold = max(thresh, p_(min_kept))`` and ``p_(k)`` is the k-th smallest true-class
     probability among valid pixels: at least ``min_kept`` hardest pixels are kept. With fewer
     than ``min_kept`` valid pixels every valid pixel is kept. Mean CE over the kept pixels.
+    ``min_kept = 0`` turns the mining off, as in the paper code: plain CE over every valid pixel.
     """
+    if min_kept <= 0:
+        return sup_ce(pred, y)
     valid = y != IGNORE_INDEX
     p_true = true_class_prob(pred, y)
-    threshold = torch.full((), thresh, device=pred.device)
-    if min_kept > 0:
-        # Ignored pixels sort last (2 > any probability): if the k-th smallest is one of them,
-        # there are fewer than min_kept valid pixels and the threshold keeps all valid ones.
-        ranked = torch.where(valid, p_true, torch.full_like(p_true, 2.0)).flatten()
-        k = min(min_kept, ranked.numel())
-        kth = torch.kthvalue(ranked, k).values
-        threshold = torch.maximum(threshold, kth)
+    # Ignored pixels sort last (2 > any probability): if the k-th smallest is one of them,
+    # there are fewer than min_kept valid pixels and the threshold keeps all valid ones.
+    ranked = torch.where(valid, p_true, torch.full_like(p_true, 2.0)).flatten()
+    kth = torch.kthvalue(ranked, min(min_kept, ranked.numel())).values
+    threshold = torch.maximum(torch.full((), thresh, device=pred.device), kth)
     kept = valid & (p_true <= threshold)
     return masked_mean(pixel_ce(pred, y), kept)
 

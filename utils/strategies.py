@@ -137,6 +137,7 @@ class Strategy:
     data. ``needs_rep``: the teacher's rep-space predictions are computed. ``use_rep_indicator``:
     hard anchors are chosen with the student's rep-space probabilities (else its softmax).
     ``ramps_contrast``: the contrastive weight follows the ramp-down (else it is 1).
+    ``warms_up``: its pseudo-label function reads ``Loss.warm_up`` (epochs before it switches).
     ``evaluates``: the network that is evaluated, saved as the result and used by
     ``evaluate.py`` / ``predict.py``.
     """
@@ -146,6 +147,7 @@ class Strategy:
     needs_rep: bool = False
     use_rep_indicator: bool = False
     ramps_contrast: bool = False
+    warms_up: bool = False
     evaluates: str = "teacher"
 
     @property
@@ -163,7 +165,12 @@ STRATEGIES: dict[str, Strategy] = {
             "mix_label", mix_label, needs_rep=True, use_rep_indicator=True, ramps_contrast=True
         ),
         Strategy(
-            "cross_label", cross_label, needs_rep=True, use_rep_indicator=True, ramps_contrast=True
+            "cross_label",
+            cross_label,
+            needs_rep=True,
+            use_rep_indicator=True,
+            ramps_contrast=True,
+            warms_up=True,
         ),
     )
 }
