@@ -42,8 +42,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
 from utils.command_line import ArgumentParser  # noqa: E402
+from utils.strategies import STRATEGIES  # noqa: E402
 
-METHODS = ("supervised", "ori_pseudo", "mix_label", "cross_label")
+METHODS = tuple(STRATEGIES)
+# the gains are measured against the strategy without pseudo-labels
+BASELINE = next(name for name, s in STRATEGIES.items() if not s.semi_supervised)
 LABELS = (125, 250)
 SEEDS = (3407, 1, 2)
 TRAIN_SIZE = 2000  # FashionScenes train scenes: 125 labels = 1/16, 250 = 1/8
@@ -222,9 +225,9 @@ def format_table(stats: dict[tuple[str, int], Stat], methods, labels) -> str:
     for m in methods:
         cells = []
         for n in labels:
-            s, base = stats.get((m, n)), stats.get(("supervised", n))
+            s, base = stats.get((m, n)), stats.get((BASELINE, n))
             cells.append(f"{s.mean:.2f} ± {s.std:.2f} (n={s.n})" if s else "–")
-            if s and base and m != "supervised":
+            if s and base and m != BASELINE:
                 cells.append(f"{s.mean - base.mean:+.2f}")
             else:
                 cells.append("–")
