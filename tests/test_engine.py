@@ -706,7 +706,9 @@ def test_a_run_folder_resumes_with_its_own_config(
         monkeypatch,
     )
     check_one_line_error(refused, "latest.pth", "Network.backbone ('resnet18' -> 'resnet34')")
-    proc = python(["mix_label.py", "--work-dir", str(work_dir), "Training.total_iter=5"])
+    # extending the run changes a training key: allowed with --allow-changes (issue 13's rule)
+    extend = ["--work-dir", str(work_dir), "--allow-changes", "Training.total_iter=5"]
+    proc = python(["mix_label.py", *extend])
     check_ok(proc)
     assert f"resuming at iteration {TOTAL_ITER}" in proc.stdout
     summary = json.loads((work_dir / "summary.json").read_text())
