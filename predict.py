@@ -1,5 +1,6 @@
 """Predict masks for your images with a trained checkpoint: palette PNG masks (class index per
-pixel) and side-by-side overlays (image | image blended with the mask).
+pixel, in the dataset's colours: VOC's colour map for VOC and FashionScenes, Cityscapes' own
+for Cityscapes) and side-by-side overlays (image | image blended with the mask).
 
 The network is the run's result (the teacher, or the student of a supervised run) and the
 config is the checkpoint's own, as in evaluate.py; --config uses another file (its model
@@ -18,8 +19,8 @@ import torch
 from PIL import Image
 
 from dataset.base import read_image
-from dataset.palette import voc_palette
 from dataset.transforms import normalize
+from engine.data import DATASETS
 from engine.evaluation import EVAL_MODES, predict
 from engine.run import (
     build_network_for_eval,
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         load_weights(model, state[which], f"{args.checkpoint} ({which})")
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        palette = voc_palette()
+        palette = DATASETS[cfg["Dataset"]["name"]].palette()
         for f in files:
             img = read_image(f)  # uint8 [3,H,W]; a bad file is a UserError naming it
             probs = predict(

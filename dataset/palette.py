@@ -1,5 +1,29 @@
-"""The PASCAL VOC colour map, shared by the datasets, the demo data and ``predict.py``
-(no torch import, so the demo generator stays light)."""
+"""Colour maps of the label PNGs: the PASCAL VOC one (VOC and the FashionScenes demo) and the
+Cityscapes one (its 19 train ids), as 768-value lists for ``Image.putpalette`` (no torch
+import, so the demo generator stays light)."""
+
+# The Cityscapes colours of the 19 train ids 0..18 (road ... bicycle), from its label table.
+CITYSCAPES_COLOURS = (
+    (128, 64, 128),  # road
+    (244, 35, 232),  # sidewalk
+    (70, 70, 70),  # building
+    (102, 102, 156),  # wall
+    (190, 153, 153),  # fence
+    (153, 153, 153),  # pole
+    (250, 170, 30),  # traffic light
+    (220, 220, 0),  # traffic sign
+    (107, 142, 35),  # vegetation
+    (152, 251, 152),  # terrain
+    (70, 130, 180),  # sky
+    (220, 20, 60),  # person
+    (255, 0, 0),  # rider
+    (0, 0, 142),  # car
+    (0, 0, 70),  # truck
+    (0, 60, 100),  # bus
+    (0, 80, 100),  # train
+    (0, 0, 230),  # motorcycle
+    (119, 11, 32),  # bicycle
+)
 
 
 def voc_palette() -> list[int]:
@@ -17,3 +41,9 @@ def voc_palette() -> list[int]:
             c >>= 3
         palette.extend(rgb)
     return palette
+
+
+def cityscapes_palette() -> list[int]:
+    """Cityscapes' own colours for train ids 0..18; every other index (255 = ignore) black."""
+    palette = [v for rgb in CITYSCAPES_COLOURS for v in rgb]
+    return palette + [0] * (768 - len(palette))

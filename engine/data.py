@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dataset.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
-from dataset.palette import voc_palette
+from dataset.palette import cityscapes_palette, voc_palette
 from dataset.splits import SEED_SPLIT, VOC_BLENDED, VOC_CLASSIC, read_split, split_dir
 from dataset.voc import VOC_CLASSES, VOCDataset
 from demo.fashion_scenes import (
@@ -99,7 +99,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cityscapes": DatasetSpec(
         CITYSCAPES_CLASSES,
         2975,
-        voc_palette,
+        cityscapes_palette,
         _cityscapes,
         existing_root,
         _make_splits("cityscapes", "CityScapes_split"),

@@ -78,3 +78,16 @@ def test_cli_prints_one_json_line_and_rejects_bad_input():
     assert len(lines) == 1 and json.loads(lines[0])["strategy"] == "mix_label"
     bad = subprocess.run(cmd + ["Loss.temp=-1"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Loss.temp" in bad.stderr
+
+
+def test_record_names_every_network_key_it_ran_with():
+    """The network's size is in the record, so a number can be matched with its settings."""
+    torch.set_num_threads(1)
+    cfg = tiny_cfg()
+    r = benchmark(cfg, "supervised", iters=1, warmup=0, device=torch.device("cpu"))
+    for key in ("backbone", "output_stride", "base_width", "decoder_channels", "rep_dim",
+                "num_class"):  # fmt: skip
+        assert r[key] == cfg["Network"][key], key
+    assert (r["base_width"], r["decoder_channels"], r["rep_dim"]) == (16, 64, 16)  # the demo's
+    assert r["crop_size"] == cfg["Dataset"]["crop_size"] and r["batch_size"] == 2
+    assert r["joint_forward"] is False

@@ -19,6 +19,7 @@ PARSERS = {
     "tools.demo_benchmark": (),
     "tools.build_demo_assets": (),
     "tools.demo_contact_sheet": (),
+    "tools.show_pseudo_labels": (),
     "demo.fashion_scenes": (),
 }
 

@@ -157,9 +157,13 @@ def benchmark(cfg: dict, strategy: str, iters: int, warmup: int, device: torch.d
         "warmup": warmup,
         "backbone": cfg["Network"]["backbone"],
         "output_stride": cfg["Network"]["output_stride"],
+        "base_width": cfg["Network"]["base_width"],
+        "decoder_channels": cfg["Network"]["decoder_channels"],
+        "rep_dim": cfg["Network"]["rep_dim"],
         "crop_size": cfg["Dataset"]["crop_size"],
         "batch_size": cfg["Dataset"]["batch_size"],
         "num_class": cfg["Network"]["num_class"],
+        "joint_forward": cfg["Training"]["joint_forward"],
     }
 
 
