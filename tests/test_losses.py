@@ -187,7 +187,8 @@ def test_logged_unsup_weight_is_the_weight_the_loss_applies(count_ignored):
     cfg = {"Loss": {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}}
     run = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
     zero = torch.zeros(())
-    out = diagnostics(run, zero, zero, 1.0, {"y_u": y, "conf_u": conf})
+    unlabeled = SimpleNamespace(maps={"y_u": y, "conf_u": conf}, un_threshold=0.97)
+    out = diagnostics(run, zero, zero, 1.0, unlabeled)
     assert out["mask_ratio"].item() == pytest.approx((1 + 3) / 8)
     w0 = (1 + 2) / 2 if count_ignored else 1 / 2
     assert out["unsup_weight"].item() == pytest.approx((w0 + 3 / 4) / 2)
