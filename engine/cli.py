@@ -87,7 +87,7 @@ def examples(strategy: str) -> str:
   python {strategy}.py --config configs/voc.yaml Dataset.num_labels=92 Training.total_iter=40000
   python {strategy}.py --config configs/voc.yaml Dataset.num_labels=662 Dataset.split=u2pl Seed=1
   python {strategy}.py --work-dir runs/X                 # resume runs/X with runs/X/config.yaml
-  python {strategy}.py --work-dir runs/X Training.total_iter=2000   # ... and train it longer
+  python {strategy}.py --work-dir runs/X --allow-changes Training.total_iter=2000   # ... longer
   python {strategy}.py --nproc-per-node auto --config configs/cityscapes.yaml   # every GPU
   torchrun --nproc_per_node=4 {strategy}.py --config configs/cityscapes.yaml    # the same
 
@@ -101,7 +101,9 @@ The config is --config, else the run folder's config.yaml (the run's own), else
 configs/demo.yaml; trailing Section.key=value pairs override it. Everything is validated
 before the run folder is touched: bad input stops with one line "error: ..." (exit 2). A
 run folder holding latest.pth is resumed (refused, naming the keys, if the model or data
-keys changed). Ctrl-C or SIGTERM finishes the step and writes latest.pth."""
+keys changed; another training key, e.g. Training.total_iter to train longer, or another
+number of processes needs --allow-changes, and is logged). Ctrl-C or SIGTERM finishes the
+step on every process and writes latest.pth."""
 
 
 def build_parser(strategy: str, description: str | None = None) -> ArgumentParser:

@@ -115,14 +115,14 @@ def check_resume(state: dict, cfg: dict, world: int, path: Path, allow: bool) ->
     processes while the run still has iterations to train (the effective batch, the epoch
     length and the data order follow it). Refused naming them unless ``allow``; returns the
     lines to log (none for an exact resume). ``RESUME_FIXED`` keys are checked before."""
-    saved = state["config"]
+    saved = with_added_keys(state["config"])  # compared as check_resume_compatible does
     keys = dict.fromkeys(dotted_keys(cfg) + dotted_keys(saved))
     changed = [
         k
         for k in keys
         if k not in RESUME_FIXED
         and k not in RESUME_FREE
-        and config_value(saved, k) != config_value(cfg, k)
+        and _compared(saved, k) != _compared(cfg, k)
     ]
     found, notes = [], []
     if changed:
