@@ -169,14 +169,14 @@ def build_datasets(cfg: dict) -> dict[str, Dataset]:
             f"config key Network.num_class: got {num_classes}, expected {len(spec.classes)} "
             f"for {data['name']}"
         )
-    root = Path(spec.prepare(Path(data["data_dir"]).expanduser()))
-    folder = split_folder(cfg)
+    folder = split_folder(cfg)  # before the root: cheap, and the demo root is generated
     ids = read_split(data["txt_dir"], data["num_labels"], split_name(cfg))
     if len(ids["labeled"]) != data["num_labels"]:
         raise UserError(
             f"split {folder}: labeled_filename.txt lists {len(ids['labeled'])} ids, "
             f"expected {data['num_labels']}"
         )
+    root = Path(spec.prepare(Path(data["data_dir"]).expanduser()))
     crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
     return {
         mode: spec.make(root, ids[mode], mode, crop, scale, num_classes)

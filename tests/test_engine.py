@@ -258,11 +258,12 @@ def test_default_work_dir_names_a_split_apart_from_the_seed() -> None:
 
     mix = get_strategy("mix_label")
     cfg = load_config(DEFAULT_CONFIG, ["Seed=1"])
-    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes6_mix_label_125_seed1")
+    name = cfg["Dataset"]["name"]  # the demo's
+    assert default_work_dir(cfg, mix) == Path(f"runs/{name}_mix_label_125_seed1")
     cfg = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=u2pl"])
-    assert default_work_dir(cfg, mix) == Path("runs/fashionscenes6_mix_label_125_u2pl_seed1")
+    assert default_work_dir(cfg, mix) == Path(f"runs/{name}_mix_label_125_u2pl_seed1")
     same = load_config(DEFAULT_CONFIG, ["Seed=1", "Dataset.split=1"])  # the seed's own folder
-    assert default_work_dir(same, mix) == Path("runs/fashionscenes6_mix_label_125_seed1")
+    assert default_work_dir(same, mix) == Path(f"runs/{name}_mix_label_125_seed1")
     check_resume_compatible(load_config(DEFAULT_CONFIG, ["Seed=1"]), same, Path("x.pth"))
 
 
