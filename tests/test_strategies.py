@@ -138,7 +138,7 @@ def test_rep_strategies_require_rep_predictions():
 
 def test_cross_label_rep_threshold_makes_the_rep_direction_live():
     """With C classes and tau, rep-space confidences never reach 1 / (1 + (C-1) e^(-2/tau)):
-    0.85 for C = 6... at tau = 0.5 the paper's 0.97 gives every image weight 0 after warm-up;
+    0.92 for C = 6 at tau = 0.5: the paper's 0.97 gives every image weight 0 after warm-up;
     a threshold below the bound gives confident pixels a weight."""
     from utils.losses import image_weights
 
