@@ -273,16 +273,17 @@ def train(run: Run, work_dir: Path) -> dict:
     tr = run.cfg["Training"]
     for line in schedule_lines(run):
         log.info(line)
+    metrics, avg = MetricsWriter(work_dir), MetricAverager()
+    stream = batches(run)
+    run.started, run.stopped = time.time(), None
     if run.iteration >= tr["total_iter"]:
+        run.stopped = run.started  # nothing to train: wall_seconds stays the checkpoint's
         log.info(
             "the run is complete (iteration %d of %d): evaluating its %s",
             run.iteration,
             tr["total_iter"],
             run.strategy.evaluates,
         )
-    metrics, avg = MetricsWriter(work_dir), MetricAverager()
-    stream = batches(run)
-    run.started = time.time()
     bar = progress_bar(run)
     run.student.train()
     run.teacher.train()
@@ -322,6 +323,8 @@ def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWri
         is_eval = run.iteration % tr["eval_interval"] == 0 or last
         if is_eval:
             last_eval = evaluate_and_save(run, work_dir, metrics)
+        if last:
+            run.stop_clock()  # latest.pth and the summary hold the same wall_seconds
         if is_eval or run.iteration % tr["save_interval"] == 0 or stop:
             save(run, work_dir, "latest.pth")
         if stop:

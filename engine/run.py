@@ -177,6 +177,7 @@ class Run:
     seconds_before: float = 0.0  # training time of earlier processes of this run (resume)
     latest_iteration: int | None = None  # the iteration latest.pth holds (None: not written)
     started: float = field(default_factory=time.time)
+    stopped: float | None = None  # when training ended (the clock of wall_seconds stops)
 
     @property
     def epoch(self) -> int:
@@ -189,7 +190,14 @@ class Run:
         return self.student if self.strategy.evaluates == "student" else self.teacher
 
     def wall_seconds(self) -> float:
-        return self.seconds_before + time.time() - self.started
+        """Training time of this run, earlier processes included, up to the end of training
+        (the final checkpoint and the summary hold the same value; a rerun of a finished run,
+        which only evaluates, adds nothing)."""
+        end = time.time() if self.stopped is None else self.stopped
+        return self.seconds_before + end - self.started
+
+    def stop_clock(self) -> None:
+        self.stopped = time.time()
 
     def model_input(self, img01: torch.Tensor) -> torch.Tensor:
         """A [0, 1] batch as the networks take it: normalised, in their memory format."""
