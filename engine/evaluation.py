@@ -26,6 +26,7 @@ from utils.dist import (
     is_dist,
     is_main_process,
 )
+from utils.resize import resize_bilinear
 
 EVAL_MODES = ("whole", "sliding", "crop")
 
@@ -76,7 +77,7 @@ class ConfusionMatrix:
 
 def _forward_probs(model: nn.Module, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     logits, _ = model(img)
-    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
+    logits = resize_bilinear(logits.float(), size)
     return logits.softmax(1)
 
 
@@ -142,7 +143,7 @@ def predict(
             if flipped:
                 p = p.flip(-1)
             if p.shape[-2:] != (h, w):
-                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=True)
+                p = resize_bilinear(p, (h, w))
             total = p if total is None else total + p
     return total
 

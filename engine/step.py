@@ -19,6 +19,7 @@ from utils.contrastive import prototype_contrastive_loss
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
 from utils.losses import image_weights, ohem_ce, sup_ce, unsup_ce
+from utils.resize import resize_bilinear
 from utils.schedules import ramp_down
 from utils.strategies import PseudoLabels, teacher_predictions
 
@@ -127,7 +128,7 @@ def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tens
 def supervised_loss(run: Run, pred_l: Tensor, y_l: Tensor) -> Tensor:
     """CE (or OHEM) of the labeled logits, upsampled to the label size, against the labels."""
     loss_cfg = run.cfg["Loss"]
-    pred = F.interpolate(pred_l.float(), size=y_l.shape[-2:], mode="bilinear", align_corners=True)
+    pred = resize_bilinear(pred_l.float(), y_l.shape[-2:])
     if loss_cfg["sup_loss"] == "ohem":
         return ohem_ce(pred, y_l, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"] * len(y_l))
     return sup_ce(pred, y_l)
@@ -139,9 +140,7 @@ def unlabeled_losses(run: Run, out_l, y_l, out_u, unlabeled: UnlabeledBatch, pha
     loss_cfg, maps = run.cfg["Loss"], unlabeled.maps
     pred_u, rep_u = out_u
     with phase("unsup_loss"):
-        pred_u_large = F.interpolate(
-            pred_u.float(), size=maps["y_u"].shape[-2:], mode="bilinear", align_corners=True
-        )
+        pred_u_large = resize_bilinear(pred_u.float(), maps["y_u"].shape[-2:])
         unsup = unsup_ce(
             pred_u_large,
             maps["y_u"],

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from utils.labels import IGNORE_INDEX
 from utils.prototypes import proto_similarity
+from utils.resize import resize_bilinear
 
 
 @dataclass
@@ -63,14 +63,14 @@ def teacher_predictions(
     Logits ``[B,C,h,w]`` and the cosine-similarity maps of ``rep_u [B,D,h,w]`` to ``proto``
     are upsampled bilinearly (``align_corners=True``) to ``size`` before the softmax.
     """
-    logits = F.interpolate(logits_u.float(), size=size, mode="bilinear", align_corners=True)
+    logits = resize_bilinear(logits_u.float(), size)
     y_cls, conf_cls = _max_softmax(logits)
     if not need_rep:
         return TeacherPredictions(y_cls, conf_cls)
     if rep_u is None or proto is None:
         raise ValueError("need_rep=True requires rep_u and proto")
     sim = proto_similarity(rep_u, proto)
-    sim = F.interpolate(sim, size=size, mode="bilinear", align_corners=True)
+    sim = resize_bilinear(sim, size)
     y_rep, conf_rep = _max_softmax(sim / tau)
     return TeacherPredictions(y_cls, conf_cls, y_rep, conf_rep)
 
