@@ -83,13 +83,12 @@ def reference_loss(rep, y, valid, prob, proto, q, nn_, seed):
     return loss / npres
 
 
-@pytest.mark.parametrize("path", ["gathered", "dense blocks"])
-def test_loss_equals_loop_reference_with_same_draws(path, monkeypatch):
-    """Both ways of computing the negative similarities (gathered negatives at small sizes,
-    dense anchor x pixel blocks at the paper's) give the reference loss and gradient."""
-    if path == "dense blocks":
-        monkeypatch.setattr(contrastive, "_GATHER_LIMIT", 0)
-        monkeypatch.setattr(contrastive, "_SIM_BLOCK", 64)  # several blocks
+@pytest.mark.parametrize("block", ["one block", "several blocks"])
+def test_loss_equals_loop_reference_with_same_draws(block, monkeypatch):
+    """The negative similarities, from one dense anchor x pixel block or several, give the
+    reference loss and gradient."""
+    if block == "several blocks":
+        monkeypatch.setattr(contrastive, "_SIM_BLOCK", 64)
     rep, y, valid, prob, proto = make_case()
     q, nn_, seed = 4, 6, 123
     rep_a = rep.clone().requires_grad_(True)
