@@ -72,14 +72,19 @@ class Prototypes:
     def _class_sums(
         self, rep: torch.Tensor, label: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class sums ``[C,D]`` and counts ``[C]`` of valid pixels, summed over processes."""
-        dim = rep.shape[1]
-        rep_flat = rep.detach().float().permute(0, 2, 3, 1).reshape(-1, dim)
-        mask = valid.reshape(-1)
-        label_v = label.reshape(-1)[mask]
-        rows = torch.cat([rep_flat[mask], rep_flat.new_ones(label_v.shape[0], 1)], dim=1)
-        packed = rep_flat.new_zeros(self.num_classes, dim + 1)
-        packed.index_add_(0, label_v, rows)
+        """Per-class sums ``[C,D]`` and counts ``[C]`` of valid pixels, summed over processes.
+
+        As one batched product of the per-image class masks ``[B,C,hw]`` with ``rep`` read as
+        ``[B,hw,D]`` (no channels-last copy of ``rep``, no gather of the valid pixels).
+        """
+        b, dim = rep.shape[:2]
+        rep = rep.detach().float().reshape(b, dim, -1)  # [B,D,hw]
+        masks = rep.new_zeros(b, self.num_classes, rep.shape[2])
+        index = torch.where(valid, label, 0).reshape(b, 1, -1)  # any class: the value is 0
+        masks.scatter_(1, index, valid.reshape(b, 1, -1).float())
+        packed = torch.cat(
+            [torch.bmm(masks, rep.transpose(1, 2)).sum(0), masks.sum((0, 2)).unsqueeze(1)], dim=1
+        )
         all_reduce_sum(packed)
         return packed[:, :dim], packed[:, dim]
 
