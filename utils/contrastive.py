@@ -142,6 +142,13 @@ def contrastive_ce(
     return ce.mean(dim=1)
 
 
+def pixel_rows(rep: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[..., D]``: the vectors of ``rep [N,D,h,w]`` at flat pixel indices ``index`` (raster
+    order over ``[N,h,w]``), read in place (no channels-last copy of the whole map)."""
+    n, d, h, w = rep.shape
+    return rep.reshape(n, d, h * w)[index // (h * w), :, index % (h * w)]
+
+
 def prototype_contrastive_loss(
     rep: torch.Tensor,
     y: torch.Tensor,
@@ -162,8 +169,7 @@ def prototype_contrastive_loss(
     (number of present classes); ``rep.sum() * 0`` when fewer than two classes are present.
     Only anchors carry gradient; no ``[P,Q,N,D]`` tensor is formed (see ``NegativeSimilarity``).
     """
-    num_classes, dim = proto.shape
-    rep_flat = rep.permute(0, 2, 3, 1).reshape(-1, dim).float()
+    num_classes = proto.shape[0]
     y_flat = y.reshape(-1)
     valid_flat = valid.reshape(-1)
     order, counts, offsets = class_sorted_pixels(y_flat, valid_flat, num_classes)
@@ -173,15 +179,14 @@ def prototype_contrastive_loss(
     if num_present < 2:
         return rep.sum() * 0
 
-    prob_flat = prob.detach().permute(0, 2, 3, 1).reshape(-1, num_classes)
-    p_own = prob_flat.gather(1, y_flat.clamp_min(0).unsqueeze(1)).squeeze(1)
+    p_own = prob.detach().gather(1, y.clamp_min(0).unsqueeze(1)).reshape(-1)
     hard_flat = valid_flat & (p_own < strong_threshold)
     hard_order, hard_counts, hard_offsets = class_sorted_pixels(y_flat, hard_flat, num_classes)
 
-    last = rep_flat.shape[0] - 1
+    last = y_flat.shape[0] - 1
     anchor_cls = torch.arange(num_present, device=rep.device).unsqueeze(1).expand(-1, num_queries)
     anchor_pos = sample_pixels(hard_counts[present], hard_offsets[present], anchor_cls, generator)
-    anchor = rep_flat[hard_order[anchor_pos.clamp_max(last)]]  # [P,Q,D], with grad
+    anchor = pixel_rows(rep, hard_order[anchor_pos.clamp_max(last)]).float()  # [P,Q,D], grad
 
     proto_present = proto[present].detach().float()
     with torch.no_grad():
@@ -191,7 +196,8 @@ def prototype_contrastive_loss(
         neg_pos = sample_pixels(counts[present], offsets[present], neg_cls, generator)
         # The valid pixels in class order, as unit vectors; neg_pos indexes them directly.
         num_valid = int(counts_host.sum())
-        pixels = F.normalize(rep_flat.detach()[order[:num_valid]], dim=-1, eps=COS_EPS)
+        pixels = pixel_rows(rep.detach(), order[:num_valid]).float()
+        pixels = F.normalize(pixels, dim=-1, eps=COS_EPS)
 
     ce = contrastive_ce(anchor, proto_present, pixels, neg_pos, temp)
     has_anchor = hard_counts[present] > 0
