@@ -329,7 +329,7 @@ def _plot_curves(plt, metrics, methods, labels: int, path: Path) -> Path:
 
 
 def _plot_pseudo(plt, metrics, methods, labels: int, path: Path) -> Path | None:
-    semi = [m for m in ("mix_label", "cross_label") if m in methods]
+    semi = [m for m in methods if STRATEGIES[m].needs_rep]  # those with an agreement
     if not semi:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2))

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STRATEGIES = ("supervised", "ori_pseudo", "mix_label", "cross_label")
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(REPO))
+
+from utils.strategies import STRATEGIES  # noqa: E402
+
 # The demo run of the compile / launcher steps: the v1 demo from scratch, a few iterations.
 DEMO_RUN = [
     "Training.total_iter=6",
