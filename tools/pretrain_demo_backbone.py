@@ -25,19 +25,12 @@ and a JSON sidecar (``<out>.json``) with the recipe, the accuracy and the time.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision.models as tvm
-from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -45,8 +38,13 @@ if str(REPO) not in sys.path:
 
 from dataset.transforms import normalize  # noqa: E402
 from demo import fashion_scenes as fs  # noqa: E402
-from network.resnet import set_base_width  # noqa: E402
 from tools.build_demo_assets import FMNIST_DIR, read_idx  # noqa: E402
+from tools.pretrain_backbone import (  # noqa: E402
+    build_classifier,
+    recipe,
+    save_weights,
+    train_classifier,
+)
 from utils.errors import UserError  # noqa: E402
 
 PATCH = 64
@@ -106,26 +104,6 @@ def make_batch(
     return normalize(img), torch.from_numpy(labels[idx])
 
 
-def build_classifier(width: int) -> nn.Module:
-    """torchvision ResNet-18 (stride 32, as ImageNet models are trained) at ``width``."""
-    net = tvm.resnet18(weights=None, num_classes=10)
-    if width != 64:
-        set_base_width(net, BasicBlock, width)
-        net.fc = nn.Linear(8 * width, 10)
-    return net
-
-
-@torch.no_grad()
-def accuracy(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, autocast) -> float:
-    net.eval()
-    correct = 0
-    for k in range(0, len(img), 500):
-        with autocast():
-            correct += int((net(img[k : k + 500]).argmax(1) == lab[k : k + 500]).sum())
-    net.train()
-    return correct / len(img)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "pretrained" / "fashion_resnet18_w16.pth")
@@ -168,63 +146,18 @@ def pretrain(args: argparse.Namespace) -> int:
     )
 
     torch.manual_seed(args.seed)
-    net = build_classifier(args.width).to(memory_format=torch.channels_last)  # ~10% faster on CPU
-    opt = torch.optim.SGD(
-        net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.wd
-    )
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps)
-    autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if args.bf16
-        else (lambda: torch.autocast("cpu", enabled=False))
-    )
-    curve = []
-    start = time.perf_counter()
-    loss_avg = acc_avg = None
-    net.train()
-    for step in range(args.steps):
-        img, lab = make_batch(
-            np.random.default_rng([args.seed, 2, step]), items_t, labels_t, backgrounds, args.batch
-        )
-        with autocast():
-            logits = net(img.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits.float(), lab)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        acc = (logits.argmax(1) == lab).float().mean().item()
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        acc_avg = acc if acc_avg is None else 0.98 * acc_avg + 0.02 * acc
-        done = step + 1
-        if done % 50 == 0 or done == args.steps:
-            el = time.perf_counter() - start
-            eta = el / done * (args.steps - done)
-            print(
-                f"step {done}/{args.steps}  loss {loss_avg:.3f}  train acc {acc_avg:.3f}  "
-                f"lr {sched.get_last_lr()[0]:.4f}  {el / 60:.1f} min  ETA {eta / 60:.1f} min",
-                flush=True,
-            )
-        if args.eval_every and done % args.eval_every == 0 and done != args.steps:
-            a = accuracy(net, hold_img, hold_lab, autocast)
-            curve.append(
-                {"step": done, "holdout_acc": a, "minutes": (time.perf_counter() - start) / 60}
-            )
-            print(f"step {done}: held-out accuracy {a:.4f}", flush=True)
-    minutes = (time.perf_counter() - start) / 60
-    acc = accuracy(net, hold_img, hold_lab, autocast)
-    curve.append({"step": args.steps, "holdout_acc": acc, "minutes": minutes})
-    print(f"held-out accuracy {acc:.4f} after {args.steps} steps, {minutes:.1f} min", flush=True)
+    net = build_classifier(args.width, 10).to(memory_format=torch.channels_last)
 
-    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out)
-    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
+    def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([args.seed, 2, step])
+        return make_batch(rng, items_t, labels_t, backgrounds, args.batch)
+
+    acc, curve, minutes = train_classifier(net, batch_fn, hold_img, hold_lab, args)
     meta = {
         "what": f"width-{args.width} ResNet-18 (torchvision layout) pretrained as a 10-way "
         "classifier of single Fashion-MNIST train items (not in the scene asset) pasted on "
         "train background crops",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": recipe(args),
         "patch": PATCH,
         "item_size": ITEM_SIZE,
         "num_items": int(len(items)),
@@ -232,12 +165,8 @@ def pretrain(args: argparse.Namespace) -> int:
         "holdout_acc": acc,
         "curve": curve,
         "minutes": minutes,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "sha256_16": digest,
     }
-    Path(str(args.out) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, sha256 {digest})")
+    save_weights(net, args.out, meta)
     return 0
 
 
