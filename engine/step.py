@@ -108,6 +108,10 @@ def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tens
         if not any(t is u for u in unique):
             unique.append(t)
     fills = [IGNORE_INDEX if t.dtype == torch.int64 else 0.0 for t in unique]
+    # ClassMix chooses its classes from the contrastive branch's pseudo-label: y_cls for
+    # cross_label (as the paper code does, also after warm-up, when y_u is y_rep); for the
+    # other strategies y_con is y_u.
+    class_map = next(k for k, u in enumerate(unique) if u is pl.y_con)
     data = run.cfg["Dataset"]
     img, out = strong_augment(
         img_u01,
@@ -116,7 +120,7 @@ def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tens
         crop_size=tuple(data["crop_size"]),
         scale_size=tuple(data["scale_size"]),
         mix_mode=data["mix_mode"],
-        class_map=0,  # ClassMix chooses classes from y_u
+        class_map=class_map,
     )
     index = {id(t): k for k, t in enumerate(unique)}
     return img, {name: out[index[id(t)]] for name, t in named.items()}
