@@ -1,5 +1,5 @@
-"""tools/demo_benchmark.py: aggregation, table, CSV, resumability and report on fake run
-folders (no training)."""
+"""tools/demo_benchmark.py (tools/ssl_benchmark.py with the demo's defaults): aggregation,
+table, CSV, resumability and report on fake run folders (no training)."""
 
 import csv
 import json
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tools import demo_benchmark as db
+from tools import demo_benchmark
+from tools import ssl_benchmark as db
 
 # final mIoU of fake runs: (method, labels) -> one value per seed 3407, 1, 2
 FAKE = {
@@ -54,6 +55,13 @@ def keys(methods=("supervised", "mix_label"), labels=(125, 250)):
     return db.plan(methods, labels, SEEDS)
 
 
+def demo_bench(runs_dir: Path, out: Path, methods=("supervised", "mix_label"), labels=(125, 250)):
+    """The demo's benchmark (FashionScenes: a pool of 2,000 train scenes) over fake runs."""
+    return db.Benchmark(
+        "demo", "fashionscenes6", ("bg", "top"), 2000, methods, labels, SEEDS, runs_dir, out
+    )
+
+
 def test_stat_is_mean_and_sample_std():
     s = db.stat([50.0, 53.0, 56.0])
     assert s.mean == pytest.approx(53.0)
@@ -74,7 +82,7 @@ def test_aggregate_groups_by_method_and_labels(runs_dir):
 
 def test_table_has_mean_std_and_gain_over_supervised(runs_dir):
     stats = db.aggregate(db.load_rows(runs_dir, keys()))
-    table = db.format_table(stats, ("supervised", "ori_pseudo", "mix_label"), (125, 250))
+    table = db.format_table(stats, ("supervised", "ori_pseudo", "mix_label"), (125, 250), 2000)
     lines = table.strip().splitlines()
     assert "1/16 (125)" in lines[0] and "1/8 (250)" in lines[0]
     rows = {
@@ -143,7 +151,8 @@ def test_finished_runs_are_skipped_and_commands_carry_overrides(runs_dir, monkey
     calls.clear()
     db.run_all(keys(methods=("cross_label",)), runs_dir, config, 1, ("Dataset.txt_dir=x",))
     assert len(calls) == 6 and all(c[-3:-2] == ["Dataset.txt_dir=x"] for c in calls)
-    assert db.parse_args(["--set", "A.b=1", "C.d=2"]).set == ["A.b=1", "C.d=2"]
+    parser = demo_benchmark.build_parser()
+    assert db.parse_args(["--set", "A.b=1", "C.d=2"], parser).set == ["A.b=1", "C.d=2"]
 
 
 def test_failed_run_is_reported_and_interrupt_stops(runs_dir, monkeypatch):
@@ -162,13 +171,14 @@ def test_only_report_without_matplotlib_writes_csv_and_table(runs_dir, tmp_path,
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     out = tmp_path / "out"
     out.mkdir()
-    (out / db.DOC_NAME).write_text(f"intro\n{db.TABLE_BEGIN}\nold\n{db.TABLE_END}\nend\n")
+    files = db.ReportFiles(out, "demo")
+    files.doc.write_text(f"intro\n{db.TABLE_BEGIN}\nold\n{db.TABLE_END}\nend\n")
     argv = ["--only-report", "--runs-dir", str(runs_dir), "--out", str(out)]
-    assert db.main(argv + ["--methods", "supervised", "mix_label"]) == 0
-    assert (out / db.CSV_NAME).is_file()
-    table = (out / db.TABLE_NAME).read_text()
-    assert "+11.00" in table
-    doc = (out / db.DOC_NAME).read_text()
+    assert demo_benchmark.main(argv + ["--methods", "supervised", "mix_label"]) == 0
+    assert files.csv.name == "demo_benchmark_results.csv" and files.csv.is_file()
+    table = files.table.read_text()
+    assert "1/16 (125)" in table and "+11.00" in table
+    doc = files.doc.read_text()
     assert doc.startswith("intro\n") and doc.endswith(f"{db.TABLE_END}\nend\n")
     assert "old" not in doc and table in doc
     assert not list(out.glob("*.png"))
@@ -178,8 +188,10 @@ def test_plots_are_written_when_matplotlib_is_present(runs_dir, tmp_path):
     pytest.importorskip("matplotlib")
     ks = keys()
     rows = db.load_rows(runs_dir, ks)
-    paths = db.make_plots(rows, runs_dir, ks, ("supervised", "mix_label"), (125, 250), tmp_path)
-    assert sorted(p.name for p in paths) == sorted(db.PLOT_NAMES.values())
+    bench = demo_bench(runs_dir, tmp_path)
+    paths = db.make_plots(bench, rows, [], ks)
+    names = ("demo_benchmark_miou.png", "demo_benchmark_curves.png", "demo_benchmark_pseudo.png")
+    assert sorted(p.name for p in paths) == sorted(names)
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
@@ -204,7 +216,6 @@ def test_curves_ignore_unfinished_runs(runs_dir, tmp_path, monkeypatch):
         db, "mean_curve", lambda runs, field: seen.append(len(runs)) or real(runs, field)
     )
     ks = db.plan(("supervised", "mix_label"), (125,), (*SEEDS, 9))
-    db.make_plots(
-        db.load_rows(runs_dir, ks), runs_dir, ks, ("supervised", "mix_label"), (125,), tmp_path
-    )
+    bench = demo_bench(runs_dir, tmp_path, labels=(125,))
+    db.make_plots(bench, db.load_rows(runs_dir, ks), [], ks)
     assert seen and max(seen) == 3  # the three finished seeds, never the partial fourth

@@ -17,6 +17,7 @@ PARSERS = {
     "engine.config": (),
     "tools.make_splits": (),
     "tools.demo_benchmark": (),
+    "tools.ssl_benchmark": (),
     "tools.build_demo_assets": (),
     "tools.demo_contact_sheet": (),
     "tools.show_pseudo_labels": (),
