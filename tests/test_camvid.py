@@ -1,0 +1,189 @@
+"""CamVid as published with SegNet: the reader, the list files and the registry entry, on a
+made-up folder in the published layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset.camvid import CAMVID_CLASSES, CamVidDataset, read_list_file
+from dataset.palette import camvid_palette
+from engine.data import DATASETS
+from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+W, H = 24, 18  # the made-up frames (the published ones are 480x360)
+# the made-up folder: a few ids of each set, named like the published ones
+IDS = {
+    "train": ["0001TP_006690", "0001TP_006720", "0006R0_f00930", "0016E5_00390", "0016E5_00420"],
+    "val": ["0016E5_07959", "0016E5_07961"],
+    "test": ["0001TP_008550", "Seq05VD_f00000", "Seq05VD_f00030"],
+}
+PREFIX = "/SegNet/CamVid"
+
+
+def rgb(seed: int, w: int = W, h: int = H) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def label(seed: int, w: int = W, h: int = H) -> np.ndarray:
+    """Values 0-11: every class and void (11) occur; a void band along the top."""
+    arr = (np.arange(h * w).reshape(h, w) + seed) % 12
+    arr[0] = 11
+    return arr.astype(np.uint8)
+
+
+def list_line(folder: str, name: str) -> str:
+    return f"{PREFIX}/{folder}/{name}.png {PREFIX}/{folder}annot/{name}.png\n"
+
+
+def make_camvid(root: Path, w: int = W, h: int = H) -> Path:
+    """A CamVid folder in the published layout: RGB PNGs, L labels, SegNet list files."""
+    seed = 0
+    for folder, names in IDS.items():
+        (root / folder).mkdir(parents=True)
+        (root / f"{folder}annot").mkdir()
+        for name in names:
+            Image.fromarray(rgb(seed, w, h)).save(root / folder / f"{name}.png")
+            Image.fromarray(label(seed, w, h), mode="L").save(root / f"{folder}annot/{name}.png")
+            seed += 1
+        (root / f"{folder}.txt").write_text("".join(list_line(folder, n) for n in names))
+    return root
+
+
+@pytest.fixture
+def camvid_root(tmp_path: Path) -> Path:
+    return make_camvid(tmp_path / "CamVid")
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(UserError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+# --- the reader ------------------------------------------------------------------------
+
+
+def test_items_pair_image_and_label_and_void_is_ignored(camvid_root):
+    ids = ["train/0001TP_006720", "val/0016E5_07959", "test/Seq05VD_f00030"]
+    ds = CamVidDataset(camvid_root, ids, "valid", (16, 16), (0.5, 2.0))
+    for index, (image_id, seed) in enumerate(zip(ids, (1, 5, 9))):
+        item = ds[index]
+        assert item["name"] == image_id
+        assert item["img"].dtype == torch.uint8 and item["img"].shape == (3, H, W)
+        assert torch.equal(item["img"], torch.from_numpy(rgb(seed)).permute(2, 0, 1))
+        stored = label(seed).astype(np.int64)
+        expected = np.where(stored == 11, -1, stored)
+        assert item["label"].dtype == torch.int64
+        assert torch.equal(item["label"], torch.from_numpy(expected))
+        assert (item["label"][0] == -1).all()
+        assert set(item["label"].unique().tolist()) == {-1, *range(11)}
+
+
+def test_labeled_and_unlabeled_items(camvid_root):
+    ids = [f"train/{n}" for n in IDS["train"]]
+    labeled = CamVidDataset(camvid_root, ids, "labeled", (16, 20), (0.5, 1.5))
+    item = labeled[(2, 7)]
+    assert item["img"].shape == (3, 16, 20) and item["label"].shape == (16, 20)
+    assert set(item["label"].unique().tolist()) <= {-1, *range(11)}
+    unlabeled = CamVidDataset(camvid_root, ids, "unlabeled", (16, 16), (1.0, 1.0))
+    u_item = unlabeled[0]
+    assert "label" not in u_item and u_item["img"].shape == (3, 16, 16)
+
+
+def test_a_value_above_void_is_a_one_line_error_naming_the_file(camvid_root):
+    path = camvid_root / "trainannot" / "0001TP_006690.png"
+    for value in (12, 255):
+        arr = label(0)
+        arr[5, 5] = value
+        Image.fromarray(arr, mode="L").save(path)
+        ds = CamVidDataset(camvid_root, ["train/0001TP_006690"], "valid", (16, 16), (1.0, 1.0))
+        message = one_line_error(lambda ds=ds: ds[0])
+        assert str(path) in message and str(value) in message and "0..10" in message
+
+
+def test_bad_ids_and_missing_files(camvid_root):
+    for bad in ("0001TP_006690", "trainannot/0001TP_006690", "train/a/b", "train/", "train"):
+        message = one_line_error(
+            lambda bad=bad: CamVidDataset(camvid_root, [bad], "valid", (8, 8), (1.0, 1.0))
+        )
+        assert repr(bad) in message
+    (camvid_root / "valannot" / "0016E5_07961.png").unlink()
+    ds = CamVidDataset(camvid_root, ["val/0016E5_07961", "val/nope"], "valid", (8, 8), (1.0, 1.0))
+    assert "valannot/0016E5_07961.png" in one_line_error(lambda: ds[0])
+    assert "val/nope.png" in one_line_error(lambda: ds[1])
+
+
+# --- the list files --------------------------------------------------------------------
+
+
+def test_list_files_give_folder_and_stem_ids(tmp_path):
+    path = tmp_path / "test.txt"
+    path.write_text(
+        "/SegNet/CamVid/test/0001TP_008550.png /SegNet/CamVid/testannot/0001TP_008550.png\n"
+        "\n"
+        "CamVid/test/Seq05VD_f00000.png CamVid/testannot/Seq05VD_f00000.png\n"
+        "train/0001TP_006690.png trainannot/0001TP_006690.png\n"
+    )
+    assert read_list_file(path) == [
+        "test/0001TP_008550",
+        "test/Seq05VD_f00000",
+        "train/0001TP_006690",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ("/SegNet/CamVid/train/A.png /SegNet/CamVid/trainannot/B.png", "does not match"),
+        ("/SegNet/CamVid/train/A.png /SegNet/CamVid/valannot/A.png", "trainannot/A.png"),
+        ("/SegNet/CamVid/train/A.png /SegNet/CamVid/train/A.png", "does not match"),
+        ("/SegNet/CamVid/train/A.png", "expected '<image path> <label path>'"),
+        ("/SegNet/CamVid/train/A.jpg /SegNet/CamVid/trainannot/A.jpg", "A.jpg"),
+        ("/SegNet/CamVid/other/A.png /SegNet/CamVid/otherannot/A.png", "other/A.png"),
+    ],
+)
+def test_a_bad_list_line_is_a_one_line_error_naming_file_and_line(tmp_path, line, needle):
+    path = tmp_path / "train.txt"
+    path.write_text(list_line("train", "0001TP_006690") + line + "\n")
+    message = one_line_error(lambda: read_list_file(path))
+    assert f"{path}:2:" in message and needle in message
+
+
+def test_empty_or_missing_list_file(tmp_path):
+    (tmp_path / "val.txt").write_text("\n")
+    assert "empty" in one_line_error(lambda: read_list_file(tmp_path / "val.txt"))
+    assert "test.txt" in one_line_error(lambda: read_list_file(tmp_path / "test.txt"))
+
+
+# --- the registry ----------------------------------------------------------------------
+
+
+def test_registry_entry():
+    spec = DATASETS["camvid"]
+    assert spec.classes == CAMVID_CLASSES and len(spec.classes) == 11
+    assert spec.classes[0] == "sky" and spec.classes[6] == "sign symbol"
+    assert spec.classes[10] == "bicyclist"
+    assert spec.pool_size == 367
+    palette = spec.palette()
+    assert palette == camvid_palette() and len(palette) == 768
+
+    def colour(i):
+        return tuple(palette[3 * i : 3 * i + 3])
+
+    assert colour(0) == (128, 128, 128) and colour(3) == (128, 64, 128)  # sky, road
+    assert colour(4) == (60, 40, 222) and colour(10) == (0, 128, 192)  # pavement, bicyclist
+    assert colour(11) == (0, 0, 0) and colour(255) == (0, 0, 0)  # void, ignore
+    assert len({colour(i) for i in range(12)}) == 12
+    assert spec.split_command("CamVid_split", 23, 1) == (
+        "python tools/make_splits.py --dataset camvid --num-labels 23 --seed 1"
+    )
+    missing = Path("/nonexistent/camvid")
+    assert str(missing) in one_line_error(lambda: spec.prepare(missing))
