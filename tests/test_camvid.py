@@ -1,8 +1,10 @@
-"""CamVid as published with SegNet: the reader, the list files and the registry entry, on a
-made-up folder in the published layout."""
+"""CamVid as published with SegNet: the reader, the list files (and the shipped id lists
+against the published ones) and the registry entry, on a made-up folder in the published
+layout."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.camvid import CAMVID_CLASSES, CamVidDataset, read_list_file
+from dataset.camvid import CAMVID_CLASSES, CAMVID_SETS, CamVidDataset, read_list_file
 from dataset.palette import camvid_palette
 from engine.data import DATASETS
 from utils.errors import UserError
@@ -66,6 +68,17 @@ def one_line_error(call) -> str:
     message = str(err.value)
     assert "\n" not in message
     return message
+
+
+def shared_camvid() -> Path:
+    """``$CSS_DATA/camvid``, the shared half-resolution copy; skip where it is not here."""
+    data = os.environ.get("CSS_DATA")
+    if not data:
+        pytest.skip("CSS_DATA is not set (the folder holding camvid/, the shared data)")
+    root = Path(data) / "camvid"
+    if not root.is_dir():
+        pytest.skip(f"no shared CamVid copy at {root} (CSS_DATA={data})")
+    return root
 
 
 # --- the reader ------------------------------------------------------------------------
@@ -161,6 +174,13 @@ def test_empty_or_missing_list_file(tmp_path):
     (tmp_path / "val.txt").write_text("\n")
     assert "empty" in one_line_error(lambda: read_list_file(tmp_path / "val.txt"))
     assert "test.txt" in one_line_error(lambda: read_list_file(tmp_path / "test.txt"))
+
+
+def test_shipped_id_lists_are_the_published_list_files():
+    root = shared_camvid()
+    for folder in CAMVID_SETS:
+        shipped = (REPO / "dataset" / "id_lists" / "camvid" / f"{folder}.txt").read_text()
+        assert shipped.splitlines() == sorted(read_list_file(root / f"{folder}.txt")), folder
 
 
 # --- the registry ----------------------------------------------------------------------
