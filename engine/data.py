@@ -184,8 +184,9 @@ def split_folder(cfg: dict) -> Path:
     raise UserError(f"split folder not found: {folder} ({what}); {how}")
 
 
-def build_datasets(cfg: dict) -> dict[str, Dataset]:
-    """``{"labeled", "unlabeled", "valid"}`` datasets of the configured split."""
+def build_datasets(cfg: dict) -> dict[str, Dataset | None]:
+    """``{"labeled", "unlabeled", "valid"}`` datasets of the configured split; ``unlabeled``
+    is None where its list is empty (every training image labeled: supervised only)."""
     data = cfg["Dataset"]
     spec = DATASETS[data["name"]]
     num_classes = cfg["Network"]["num_class"]
@@ -204,7 +205,7 @@ def build_datasets(cfg: dict) -> dict[str, Dataset]:
     root = Path(spec.prepare(Path(data["data_dir"]).expanduser()))
     crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
     return {
-        mode: spec.make(root, ids[mode], mode, crop, scale, num_classes)
+        mode: spec.make(root, ids[mode], mode, crop, scale, num_classes) if ids[mode] else None
         for mode in ("labeled", "unlabeled", "valid")
     }
 

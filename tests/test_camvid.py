@@ -1,20 +1,26 @@
 """CamVid as published with SegNet: the reader, the list files (and the shipped id lists
 against the published ones) and the registry entry, on a made-up folder in the published
-layout."""
+layout, where a two-iteration supervised run trains on every train image labeled (an empty
+unlabeled list) and a semi-supervised strategy refuses it."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from dataset.camvid import CAMVID_CLASSES, CAMVID_SETS, CamVidDataset, read_list_file
 from dataset.palette import camvid_palette
 from engine.data import DATASETS
+from tools import make_splits
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,3 +213,78 @@ def test_registry_entry():
     )
     missing = Path("/nonexistent/camvid")
     assert str(missing) in one_line_error(lambda: spec.prepare(missing))
+
+
+# --- a supervised run on the made-up folder --------------------------------------------
+
+
+def tiny_config(tmp_path: Path, root: Path, txt_dir: Path, num_labels: int) -> Path:
+    """The demo config made a tiny CamVid one (from scratch, 2 iterations)."""
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg["Network"].update(num_class=11, pretrained="", random_init=True, rep_dim=32)
+    cfg["Dataset"].update(
+        name="camvid",
+        data_dir=str(root),
+        txt_dir=str(txt_dir),
+        num_labels=num_labels,
+        batch_size=2,
+        crop_size=[16, 16],
+        num_workers=0,
+    )
+    cfg["Loss"].update(num_queries=16, num_negatives=32)
+    cfg["Training"].update(
+        total_iter=2, eval_interval=2, save_interval=2, log_interval=1, amp=False
+    )
+    path = tmp_path / "camvid_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def full_label_split(camvid_root, tmp_path) -> Path:
+    """Every made-up train image labeled (as CamVid_split/367): the unlabeled list is empty."""
+    txt_dir = tmp_path / "splits"
+    n = len(IDS["train"])
+    args = ["--dataset", "camvid", "--data-root", str(camvid_root), "--num-labels", str(n)]
+    assert make_splits.main([*args, "--out", str(txt_dir)]) == 0
+    assert (txt_dir / str(n) / "3407" / "unlabeled_filename.txt").read_text() == ""
+    return txt_dir
+
+
+@pytest.mark.slow
+def test_supervised_trains_on_a_camvid_folder_with_every_train_image_labeled(
+    camvid_root, full_label_split, tmp_path
+):
+    n = len(IDS["train"])
+    config = tiny_config(tmp_path, camvid_root, full_label_split, n)
+    work_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "supervised.py", "--work-dir", str(work_dir), "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (work_dir / "log.txt").read_text()
+    assert f"camvid, {n} labeled / 0 unlabeled / 3 val images" in log
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["dataset"] == "camvid" and summary["iterations"] == 2
+    assert list(summary["per_class_iou"]) == list(CAMVID_CLASSES)
+    assert 0 <= summary["miou"] <= 100
+
+
+def test_a_semi_supervised_strategy_refuses_an_empty_unlabeled_list(
+    camvid_root, full_label_split, tmp_path
+):
+    from engine.config import load_config
+    from engine.run import build_run
+    from utils.strategies import STRATEGIES
+
+    cfg = load_config(tiny_config(tmp_path, camvid_root, full_label_split, len(IDS["train"])))
+    message = one_line_error(
+        lambda: build_run(cfg, STRATEGIES["mix_label"], torch.device("cpu"), 0, 1)
+    )
+    assert "unlabeled_filename.txt is empty" in message and "supervised.py" in message
