@@ -1,7 +1,8 @@
-"""CamVid as published with SegNet: the reader, the list files (and the shipped id lists
-against the published ones) and the registry entry, on a made-up folder in the published
-layout, where a two-iteration supervised run trains on every train image labeled (an empty
-unlabeled list) and a semi-supervised strategy refuses it."""
+"""CamVid as published with SegNet, on made-up folders in the published layout: the reader,
+the list files (and the shipped id lists against the published ones), the registry entry,
+the resizing tool (also on three original frames, against the shared half-resolution copy
+named by $CSS_DATA), and a two-iteration supervised run on every train image labeled (an
+empty unlabeled list), which a semi-supervised strategy refuses."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from PIL import Image
 from dataset.camvid import CAMVID_CLASSES, CAMVID_SETS, CamVidDataset, read_list_file
 from dataset.palette import camvid_palette
 from engine.data import DATASETS
-from tools import make_splits
+from tools import make_splits, prepare_camvid
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+ORIGINALS = REPO / "tests" / "fixtures" / "camvid_original"
 W, H = 24, 18  # the made-up frames (the published ones are 480x360)
 # the made-up folder: a few ids of each set, named like the published ones
 IDS = {
@@ -213,6 +215,90 @@ def test_registry_entry():
     )
     missing = Path("/nonexistent/camvid")
     assert str(missing) in one_line_error(lambda: spec.prepare(missing))
+
+
+# --- tools/prepare_camvid.py -----------------------------------------------------------
+
+
+def originals_folder(tmp_path: Path) -> Path:
+    """The three original frames (tests/fixtures/camvid_original) in the published layout,
+    with list files naming them."""
+    src = tmp_path / "CamVid"
+    for folder in CAMVID_SETS:
+        for sub in (folder, f"{folder}annot"):
+            (src / sub).mkdir(parents=True)
+            for png in (ORIGINALS / sub).glob("*.png"):
+                (src / sub / png.name).write_bytes(png.read_bytes())
+        names = sorted(p.stem for p in (src / folder).glob("*.png"))
+        (src / f"{folder}.txt").write_text("".join(list_line(folder, n) for n in names))
+    return src
+
+
+def test_originals_resize_to_the_shared_copy_pixel_for_pixel(tmp_path):
+    src = originals_folder(tmp_path)
+    for png in src.rglob("*.png"):
+        assert Image.open(png).size == (480, 360), png
+    out = tmp_path / "out"
+    assert prepare_camvid.main(["--src", str(src), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert written == sorted(p.relative_to(src) for p in src.rglob("*.png"))
+    assert len(written) == 6
+    shared = shared_camvid()
+    for rel in written:
+        ours, theirs = Image.open(out / rel), Image.open(shared / rel)
+        assert ours.mode == theirs.mode and ours.size == theirs.size == (240, 180), rel
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), rel
+
+
+def test_prepare_writes_the_layout_and_keeps_label_values(tmp_path, capsys):
+    src = make_camvid(tmp_path / "CamVid", w=48, h=36)
+    (src / "train.txt").write_text((src / "train.txt").read_text() + "\n")  # copied verbatim
+    out = tmp_path / "camvid"
+    out.mkdir()  # an empty folder is fine
+    assert prepare_camvid.main(["--src", str(src), "--out", str(out), "--size", "20", "15"]) == 0
+    assert "wrote 10 images" in capsys.readouterr().out
+    for folder in CAMVID_SETS:
+        assert (out / f"{folder}.txt").read_bytes() == (src / f"{folder}.txt").read_bytes()
+        for name in IDS[folder]:
+            img = Image.open(out / folder / f"{name}.png")
+            lab = Image.open(out / f"{folder}annot" / f"{name}.png")
+            assert img.mode == "RGB" and img.size == (20, 15)
+            assert lab.mode == "L" and lab.size == (20, 15)
+            original = np.asarray(Image.open(src / f"{folder}annot" / f"{name}.png"))
+            assert set(np.unique(np.asarray(lab))) <= set(np.unique(original))
+    assert not list(out.rglob(".*.tmp"))
+    # the copy is a CamVid root the reader takes
+    ds = CamVidDataset(out, ["test/Seq05VD_f00000"], "valid", (8, 8), (1.0, 1.0))
+    assert ds[0]["img"].shape == (3, 15, 20)
+
+    # a folder that is not empty needs --overwrite
+    before = (out / "train" / "0001TP_006690.png").read_bytes()
+    assert prepare_camvid.main(["--src", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
+    assert (out / "train" / "0001TP_006690.png").read_bytes() == before
+    assert prepare_camvid.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 0
+    assert Image.open(out / "train" / "0001TP_006690.png").size == (240, 180)
+
+
+@pytest.mark.parametrize(
+    "remove, needle",
+    [("valannot", "valannot"), ("test.txt", "test.txt"), ("", "nope")],
+)
+def test_prepare_bad_source_is_a_one_line_error(tmp_path, capsys, remove, needle):
+    src = make_camvid(tmp_path / "CamVid")
+    if remove.endswith(".txt"):
+        (src / remove).unlink()
+    elif remove:
+        for png in (src / remove).glob("*.png"):
+            png.unlink()
+        (src / remove).rmdir()
+    else:
+        src = tmp_path / "nope"
+    assert prepare_camvid.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
 
 
 # --- a supervised run on the made-up folder --------------------------------------------
