@@ -58,15 +58,18 @@ def read_label_array(path: Path) -> np.ndarray:
     return _read_array(path, "label", rgb=False)
 
 
-def check_label_values(arr: np.ndarray, num_classes: int, path: Path) -> None:
-    """Labels must be class indices ``0..num_classes-1`` or the ignore value 255."""
+def check_label_values(
+    arr: np.ndarray, num_classes: int, path: Path, ignore: int = IGNORE_VALUE
+) -> None:
+    """Labels must be class indices ``0..num_classes-1`` or the file's ignore value
+    (255, the project's; CamVid's files store void as 11)."""
     if arr.size == 0 or int(arr.max()) < num_classes:
         return
-    bad = np.unique(arr[(arr >= num_classes) & (arr != IGNORE_VALUE)])
+    bad = np.unique(arr[(arr >= num_classes) & (arr != ignore)])
     if bad.size:
         raise UserError(
             f"label {path} has values {bad[:5].tolist()} outside 0..{num_classes - 1} "
-            f"(and {IGNORE_VALUE} for ignore)"
+            f"(and {ignore} for ignore)"
         )
 
 

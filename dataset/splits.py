@@ -3,6 +3,10 @@
 ``<split>`` is the seed the split was drawn with (the paper's layout, e.g. ``3407``) or a
 name (e.g. ``u2pl`` for a split imported from another repository). One image id per line. Drawing is deterministic for a seed: the pool is sorted first, so
 the result depends on the seed and the set of ids alone, not on their order on disk.
+
+The unlabeled list is empty where every training image is labeled (CamVid's 367: the
+full-label ceiling); such a split trains ``supervised.py`` only (``engine/run.py`` says so to
+the other strategies). The labeled and valid lists are never empty.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ SEED_SPLIT = "seed"
 VOC_CLASSIC = (92, 183, 366, 732, 1464)
 VOC_BLENDED = (662, 1323, 2646, 5291)
 CITYSCAPES_SPLITS = (186, 372, 744, 1488)
+# CamVid: 1/16, 1/8, 1/4 of the 367 train images, and all of them (the full-label ceiling)
+CAMVID_SPLITS = (23, 46, 92, 367)
 
 
 def split_dir(txt_dir: str | Path, num_labels: int, split: str | int) -> Path:
@@ -60,17 +66,22 @@ def write_split(
     return out
 
 
-def read_ids(path: str | Path) -> list[str]:
-    """Read one id list; a missing or empty file is a ``UserError`` naming it."""
+def read_ids(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """Read one id list; a missing file, or an empty one unless ``allow_empty``, is a
+    ``UserError`` naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file not found: {path}")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
+    if not ids and not allow_empty:
         raise UserError(f"split file is empty: {path}")
     return ids
 
 
 def read_split(txt_dir: str | Path, num_labels: int, split: str | int) -> dict[str, list[str]]:
-    """Read ``labeled``, ``unlabeled`` and ``valid`` id lists of one split."""
-    return {k: read_ids(split_file(txt_dir, num_labels, split, k)) for k in SPLIT_KINDS}
+    """Read ``labeled``, ``unlabeled`` and ``valid`` id lists of one split (``unlabeled`` may
+    be empty: every training image labeled)."""
+    return {
+        k: read_ids(split_file(txt_dir, num_labels, split, k), allow_empty=k == "unlabeled")
+        for k in SPLIT_KINDS
+    }

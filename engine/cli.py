@@ -261,7 +261,7 @@ def train_process(
         strategy.name,
         cfg["Dataset"]["name"],
         len(run.datasets["labeled"]),
-        len(run.datasets["unlabeled"]),
+        len(run.datasets["unlabeled"] or ()),
         len(run.datasets["valid"]),
         world,
         device,

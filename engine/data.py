@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dataset.camvid import CAMVID_CLASSES, CamVidDataset
 from dataset.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
-from dataset.palette import cityscapes_palette, voc_palette
+from dataset.palette import camvid_palette, cityscapes_palette, voc_palette
 from dataset.splits import SEED_SPLIT, VOC_BLENDED, VOC_CLASSIC, read_split, split_dir
 from dataset.voc import VOC_CLASSES, VOCDataset
 from demo.fashion_scenes import (
@@ -35,8 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset: its classes, the pool labeled images are drawn from, its palette, how to
-    read one mode of it, how to make its root ready (check it, or generate the demo), and
-    the command that draws a missing split."""
+    read one mode of it, how to make its root ready (check it, or generate the demo), the
+    command that draws a missing split, and whether ``tools/make_splits.py --import-labeled``
+    reads another repository's split of it."""
 
     classes: tuple[str, ...]
     pool_size: int  # training images the labeled ones are drawn from (VOC: train_aug)
@@ -44,6 +46,7 @@ class DatasetSpec:
     make: MakeDataset
     prepare: Callable[[Path], Path]
     split_command: SplitCommand
+    imports_labeled: bool = False
 
 
 def existing_root(root: Path) -> Path:
@@ -54,6 +57,10 @@ def existing_root(root: Path) -> Path:
 
 def _voc(root, ids, mode, crop, scale, num_classes) -> Dataset:
     return VOCDataset(root, ids, mode, crop, scale, num_classes)
+
+
+def _camvid(root, ids, mode, crop, scale, num_classes) -> Dataset:
+    return CamVidDataset(root, ids, mode, crop, scale)
 
 
 def _fashion6(root, ids, mode, crop, scale, num_classes) -> Dataset:
@@ -94,7 +101,13 @@ def _fashion_splits(txt_dir: str, num_labels: int, seed: int) -> str:
 
 DATASETS: dict[str, DatasetSpec] = {
     "voc": DatasetSpec(
-        VOC_CLASSES, 10582, voc_palette, _voc, existing_root, _make_splits("voc", "VOC_split")
+        VOC_CLASSES,
+        10582,
+        voc_palette,
+        _voc,
+        existing_root,
+        _make_splits("voc", "VOC_split"),
+        imports_labeled=True,
     ),
     "cityscapes": DatasetSpec(
         CITYSCAPES_CLASSES,
@@ -103,6 +116,18 @@ DATASETS: dict[str, DatasetSpec] = {
         _cityscapes,
         existing_root,
         _make_splits("cityscapes", "CityScapes_split"),
+        imports_labeled=True,
+    ),
+    # the SegNet release (dataset/camvid.py): labeled drawn from the 367 train images,
+    # validated on the 233 test images (the 101 val images choose the config)
+    "camvid": DatasetSpec(
+        CAMVID_CLASSES,
+        367,
+        camvid_palette,
+        _camvid,
+        existing_root,
+        _make_splits("camvid", "CamVid_split"),
+        imports_labeled=True,
     ),
     # the embedded demo, generated on first use in the VOC layout: v1 (10 garments) and v2
     # (the default: the same scenes with 6 classes, see demo/fashion_scenes.py)
@@ -153,14 +178,15 @@ def split_folder(cfg: dict) -> Path:
         how = (
             "import a labeled.txt with: python tools/make_splits.py --dataset "
             f"{data['name']} --import-labeled LABELED_TXT --name {name}"
-            if data["name"] in ("voc", "cityscapes")
+            if DATASETS[data["name"]].imports_labeled
             else "write its labeled / unlabeled / valid_filename.txt there"
         )
     raise UserError(f"split folder not found: {folder} ({what}); {how}")
 
 
-def build_datasets(cfg: dict) -> dict[str, Dataset]:
-    """``{"labeled", "unlabeled", "valid"}`` datasets of the configured split."""
+def build_datasets(cfg: dict) -> dict[str, Dataset | None]:
+    """``{"labeled", "unlabeled", "valid"}`` datasets of the configured split; ``unlabeled``
+    is None where its list is empty (every training image labeled: supervised only)."""
     data = cfg["Dataset"]
     spec = DATASETS[data["name"]]
     num_classes = cfg["Network"]["num_class"]
@@ -179,7 +205,7 @@ def build_datasets(cfg: dict) -> dict[str, Dataset]:
     root = Path(spec.prepare(Path(data["data_dir"]).expanduser()))
     crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
     return {
-        mode: spec.make(root, ids[mode], mode, crop, scale, num_classes)
+        mode: spec.make(root, ids[mode], mode, crop, scale, num_classes) if ids[mode] else None
         for mode in ("labeled", "unlabeled", "valid")
     }
 

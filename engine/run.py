@@ -13,7 +13,7 @@ from torch import nn
 
 from dataset.transforms import normalize
 from engine.config import apply_overrides, load_config, validate, with_added_keys
-from engine.data import build_datasets, split_name
+from engine.data import build_datasets, split_folder, split_name
 from network import build_model, from_paper_layout
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_dist, is_main_process
@@ -301,6 +301,12 @@ def build_run(
     """Model, teacher, prototypes, optimiser; ``datasets`` default to the config's."""
     datasets = build_datasets(cfg) if datasets is None else datasets
     data = cfg["Dataset"]
+    if strategy.semi_supervised and datasets["unlabeled"] is None:
+        raise UserError(
+            f"split {split_folder(cfg)}: unlabeled_filename.txt is empty (every training image "
+            f"is labeled), so {strategy.name} has nothing to learn from; train it with "
+            "supervised.py, or choose a split with unlabeled images"
+        )
     per_rank = -(-len(datasets["labeled"]) // world)
     if per_rank < data["batch_size"]:
         raise UserError(

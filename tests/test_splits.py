@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset.splits import read_ids, read_split
 from tools.make_splits import DEFAULT_ID_LISTS, IdPools, check_split, draw, pools_from_data_root
 from utils.errors import UserError
 
@@ -14,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES = {92: 1464, 183: 1464, 366: 1464, 732: 1464, 1464: 1464}  # classic: drawn from train
 VOC_SIZES.update({662: 10582, 1323: 10582, 2646: 10582, 5291: 10582})  # blended: from train_aug
 CITY_SIZES = (186, 372, 744, 1488)
+CAMVID_SIZES = (23, 46, 92, 367)  # of the 367 train images; 367: the full-label ceiling
+CAMVID_SEEDS = (3407, 1, 2)
+CAMVID_LISTS = DEFAULT_ID_LISTS / "camvid"
 
 
 def lines(path: Path) -> list[str]:
@@ -111,9 +115,35 @@ def test_official_id_lists_ship_inside_the_repository():
     assert DEFAULT_ID_LISTS == REPO / "dataset" / "id_lists"
     sizes = {"voc_train": 1464, "voc_trainaug": 10582, "voc_val": 1449}
     sizes.update({"cityscapes_train": 2975, "cityscapes_val": 500})
+    sizes.update({"camvid/train": 367, "camvid/val": 101, "camvid/test": 233})
     for name, size in sizes.items():
         ids = lines(DEFAULT_ID_LISTS / f"{name}.txt")
         assert len(ids) == len(set(ids)) == size, name
+    for folder in ("train", "val", "test"):  # folder/stem ids, sorted
+        ids = lines(CAMVID_LISTS / f"{folder}.txt")
+        assert ids == sorted(ids) and all(i.startswith(f"{folder}/") for i in ids), folder
+
+
+def test_shipped_camvid_splits_partition_the_train_images_and_validate_on_test():
+    train, test = lines(CAMVID_LISTS / "train.txt"), lines(CAMVID_LISTS / "test.txt")
+    for n in CAMVID_SIZES:
+        drawn = []
+        for seed in CAMVID_SEEDS:
+            folder = REPO / "CamVid_split" / str(n) / str(seed)
+            labeled = lines(folder / "labeled_filename.txt")
+            unlabeled = lines(folder / "unlabeled_filename.txt")
+            assert len(set(labeled)) == len(labeled) == n
+            assert len(set(unlabeled)) == len(unlabeled) == 367 - n
+            assert not set(labeled) & set(unlabeled)
+            assert sorted(labeled + unlabeled) == train
+            assert lines(folder / "valid_filename.txt") == test
+            drawn.append(labeled)
+        if n < 367:  # each seed draws its own
+            assert len({tuple(d) for d in drawn}) == len(CAMVID_SEEDS), n
+    # the full-label split: every train image labeled, an empty unlabeled list, read as such
+    assert (REPO / "CamVid_split" / "367" / "3407" / "unlabeled_filename.txt").read_bytes() == b""
+    ids = read_split(REPO / "CamVid_split", 367, 3407)
+    assert ids["unlabeled"] == [] and ids["labeled"] == train and ids["valid"] == test
 
 
 def test_shipped_splits_partition_the_official_pools():
@@ -144,13 +174,21 @@ def test_regenerating_the_shipped_splits_is_byte_identical(tmp_path):
     clone = tmp_path / "clone"
     for package in ("tools", "dataset", "utils"):
         shutil.copytree(REPO / package, clone / package, ignore=shutil.ignore_patterns("__py*"))
-    for dataset, shipped in (("voc", "VOC_split"), ("cityscapes", "CityScapes_split")):
+    shipped_splits = (
+        ("voc", "VOC_split", (3407,), 9),
+        ("cityscapes", "CityScapes_split", (3407,), 4),
+        ("camvid", "CamVid_split", CAMVID_SEEDS, 4),
+    )
+    for dataset, shipped, seeds, counts in shipped_splits:
         out = tmp_path / shipped
-        result = run_tool("--dataset", dataset, "--out", str(out), cwd=clone)
-        assert result.returncode == 0, result.stderr
+        for seed in seeds:
+            result = run_tool(
+                "--dataset", dataset, "--seed", str(seed), "--out", str(out), cwd=clone
+            )
+            assert result.returncode == 0, result.stderr
         files = sorted(p.relative_to(REPO / shipped) for p in (REPO / shipped).rglob("*.txt"))
         assert files == sorted(p.relative_to(out) for p in out.rglob("*.txt"))
-        assert len(files) == 3 * (9 if dataset == "voc" else 4)
+        assert len(files) == 3 * counts * len(seeds)
         for rel in files:
             assert (out / rel).read_bytes() == (REPO / shipped / rel).read_bytes(), rel
 
@@ -181,6 +219,7 @@ def test_import_labeled_txt(tmp_path):
         "leftImg8bit/train/aachen/aachen_000003_000019_leftImg8bit.png "
         "gtFine/train/aachen/aachen_000003_000019_gtFine_labelTrainIds.png\n"
     )
+    out = tmp_path / "out_city"  # a split root is one dataset's (one validation list)
     args = ["--dataset", "cityscapes", "--id-lists", str(tmp_path / "lists"), "--out", str(out)]
     result = run_tool(*args, "--import-labeled", str(city_txt), "--name", "u2pl")
     assert result.returncode == 0, result.stderr
@@ -237,6 +276,93 @@ def test_data_root_pools(tmp_path):
     assert sorted(both) == pools.train
 
 
+def write_camvid_lists(root: Path) -> None:
+    """SegNet list files of a tiny CamVid folder: 6 train, 2 val, 3 test images."""
+    sets = {"train": [f"0001TP_{i:06d}" for i in range(6)], "val": ["0016E5_07959", "0016E5_07961"]}
+    sets["test"] = ["0001TP_008550", "Seq05VD_f00000", "Seq05VD_f00030"]
+    root.mkdir(parents=True, exist_ok=True)
+    for folder, names in sets.items():
+        text = "".join(
+            f"/SegNet/CamVid/{folder}/{n}.png /SegNet/CamVid/{folder}annot/{n}.png\n"
+            for n in names[::-1]  # the order must not matter
+        )
+        (root / f"{folder}.txt").write_text(text)
+
+
+def test_camvid_from_a_data_root_validates_on_test_or_on_val(tmp_path):
+    root = tmp_path / "CamVid"
+    write_camvid_lists(root)
+    pools = pools_from_data_root("camvid", root)
+    assert pools.train == pools.fine == [f"train/0001TP_{i:06d}" for i in range(6)]
+    assert pools.val == ["test/0001TP_008550", "test/Seq05VD_f00000", "test/Seq05VD_f00030"]
+    assert pools_from_data_root("camvid", root, "val").val == [
+        "val/0016E5_07959",
+        "val/0016E5_07961",
+    ]
+
+    base = ["--dataset", "camvid", "--data-root", str(root), "--num-labels", "2", "6"]
+    out = tmp_path / "splits"
+    assert run_tool(*base, "--out", str(out)).returncode == 0
+    assert lines(out / "2" / "3407" / "valid_filename.txt") == pools.val
+    assert len(lines(out / "2" / "3407" / "unlabeled_filename.txt")) == 4
+    assert (out / "6" / "3407" / "unlabeled_filename.txt").read_text() == ""  # all labeled
+    # val goes to a root of its own: a root holds the splits of one validation set
+    mixed = run_tool(*base, "--seed", "1", "--valid-set", "val", "--out", str(out))
+    assert mixed.returncode == 2 and "valid_filename.txt" in mixed.stderr
+    assert "--valid-set" in mixed.stderr and len(mixed.stderr.strip().splitlines()) == 1
+    assert not (out / "2" / "1").exists()
+    val_out = tmp_path / "splits_val"
+    result = run_tool(*base, "--valid-set", "val", "--out", str(val_out))
+    assert result.returncode == 0, result.stderr
+    assert lines(val_out / "2" / "3407" / "labeled_filename.txt") == lines(
+        out / "2" / "3407" / "labeled_filename.txt"
+    )  # the same draw; only the validation list differs
+    assert (
+        lines(val_out / "2" / "3407" / "valid_filename.txt")
+        == pools_from_data_root("camvid", root, "val").val
+    )
+
+    (root / "train.txt").write_text(
+        "/SegNet/CamVid/train/0001TP_000000.png /SegNet/CamVid/trainannot/0001TP_000001.png\n"
+    )
+    bad = run_tool(*base, "--out", str(tmp_path / "bad"))
+    message = bad.stderr.strip()
+    assert bad.returncode == 2 and len(message.splitlines()) == 1, message
+    assert f"{root / 'train.txt'}:1:" in message and "does not match" in message
+
+
+def test_camvid_import_labeled_reads_segnet_lines(tmp_path):
+    labeled = tmp_path / "labeled.txt"
+    labeled.write_text(
+        "/SegNet/CamVid/train/0001TP_006690.png /SegNet/CamVid/trainannot/0001TP_006690.png\n"
+        "train/0016E5_00390\n"
+    )
+    out = tmp_path / "out"
+    args = ["--dataset", "camvid", "--out", str(out), "--import-labeled", str(labeled)]
+    result = run_tool(*args, "--name", "other")
+    assert result.returncode == 0, result.stderr
+    folder = out / "2" / "other"
+    assert lines(folder / "labeled_filename.txt") == ["train/0001TP_006690", "train/0016E5_00390"]
+    assert len(lines(folder / "unlabeled_filename.txt")) == 365
+    assert lines(folder / "valid_filename.txt") == lines(CAMVID_LISTS / "test.txt")
+
+
+def test_only_the_unlabeled_list_may_be_empty(tmp_path):
+    folder = tmp_path / "1" / "3407"
+    folder.mkdir(parents=True)
+    for kind in ("labeled", "unlabeled", "valid"):
+        (folder / f"{kind}_filename.txt").write_text("a\n")
+    (folder / "unlabeled_filename.txt").write_text("")
+    assert read_split(tmp_path, 1, 3407)["unlabeled"] == []
+    for kind in ("labeled", "valid"):
+        (folder / f"{kind}_filename.txt").write_text("\n")
+        with pytest.raises(UserError, match="split file is empty"):
+            read_split(tmp_path, 1, 3407)
+        (folder / f"{kind}_filename.txt").write_text("a\n")
+    with pytest.raises(UserError, match="split file is empty"):
+        read_ids(folder / "unlabeled_filename.txt")
+
+
 @pytest.mark.parametrize(
     "case, extra, needle",
     [
@@ -260,6 +386,7 @@ def test_data_root_pools(tmp_path):
         ),
         ("reserved name", ["--import-labeled", "{tmp}/other.txt", "--name", "seed"], "reserved"),
         ("misspelt flag", ["--num_labels", "92"], "did you mean --num-labels?"),
+        ("valid set of voc", ["--valid-set", "val"], "--valid-set only goes with --dataset camvid"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, case, extra, needle):

@@ -9,13 +9,19 @@ Pools are sorted before drawing, so a split depends on the seed alone.
   In both, unlabeled = the train_aug ids that are not labeled; valid = the val ids.
 - Cityscapes (186, 372, 744, 1488): labeled drawn from the 2,975 train ids, unlabeled the
   rest; valid = the 500 val ids.
+- CamVid (23, 46, 92, 367): labeled drawn from the 367 train ids (train/0001TP_006690),
+  unlabeled the rest (none for 367: supervised.py only); valid = the 233 test ids, where
+  results are reported, or with --valid-set val the 101 val ids, for choosing a config
+  (write those apart from the shipped splits: --out CamVid_split_val). A split root holds
+  splits of one validation set only.
 
 A drawn split's folder is its seed (<split> = 3407: the paper's layout, which a config
 selects with Dataset.split=seed and Seed=3407). --import-labeled FILE takes the labeled ids
 from another repository's labeled.txt (UniMatch, U2PL: "JPEGImages/<id>.jpg
 SegmentationClass/<id>.png" or "leftImg8bit/train/<city>/<name>_leftImg8bit.png gtFine/..."
-lines, or bare ids) into the folder --name, which a config selects with
-Dataset.split=<name>, with any Seed. A folder that holds another split is never overwritten.
+lines, CamVid's "/SegNet/CamVid/train/<name>.png ..." lines, or bare ids) into the folder
+--name, which a config selects with Dataset.split=<name>, with any Seed. A folder that holds
+another split is never overwritten.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.splits import (  # noqa: E402
+    CAMVID_SPLITS,
     CITYSCAPES_SPLITS,
     SEED_SPLIT,
     VOC_BLENDED,
@@ -43,19 +50,30 @@ from utils.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ID_LISTS = REPO / "dataset" / "id_lists"  # the official id lists, shipped
-DEFAULT_OUT = {"voc": REPO / "VOC_split", "cityscapes": REPO / "CityScapes_split"}
+DEFAULT_OUT = {
+    "voc": REPO / "VOC_split",
+    "cityscapes": REPO / "CityScapes_split",
+    "camvid": REPO / "CamVid_split",
+}
 DEFAULT_SEED = 3407
 
-STANDARD = {"voc": VOC_CLASSIC + VOC_BLENDED, "cityscapes": CITYSCAPES_SPLITS}
+STANDARD = {
+    "voc": VOC_CLASSIC + VOC_BLENDED,
+    "cityscapes": CITYSCAPES_SPLITS,
+    "camvid": CAMVID_SPLITS,
+}
+# CamVid's validation list: its test images (default: where results are reported) or its
+# val images (for choosing a config)
+VALID_SETS = ("test", "val")
 
 
 @dataclass(frozen=True)
 class IdPools:
     """Sorted id pools of one dataset.
 
-    ``fine``: where classic labeled ids are drawn from (VOC train; Cityscapes train);
-    ``train``: every training id, labeled + unlabeled (VOC train_aug; Cityscapes train);
-    ``val``: the validation ids.
+    ``fine``: where classic labeled ids are drawn from (VOC train; Cityscapes, CamVid train);
+    ``train``: every training id, labeled + unlabeled (VOC train_aug; Cityscapes, CamVid
+    train); ``val``: the validation ids (CamVid: test, or val with ``valid_set="val"``).
     """
 
     fine: list[str]
@@ -79,12 +97,16 @@ def _make_pools(fine: list[str], train: list[str], val: list[str], source: Path)
     return pools
 
 
-def pools_from_id_lists(dataset: str, id_lists: Path) -> IdPools:
-    """Pools from the official lists ``voc_train/voc_trainaug/voc_val.txt`` or
-    ``cityscapes_train/cityscapes_val.txt``."""
+def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str = "test") -> IdPools:
+    """Pools from the official lists ``voc_train/voc_trainaug/voc_val.txt``,
+    ``cityscapes_train/cityscapes_val.txt`` or ``camvid/{train,val,test}.txt`` (CamVid's
+    validation ids: ``valid_set``)."""
     if dataset == "voc":
         fine, train = read_ids(id_lists / "voc_train.txt"), read_ids(id_lists / "voc_trainaug.txt")
         val = read_ids(id_lists / "voc_val.txt")
+    elif dataset == "camvid":
+        fine = train = read_ids(id_lists / "camvid" / "train.txt")
+        val = read_ids(id_lists / "camvid" / f"{valid_set}.txt")
     else:
         fine = train = read_ids(id_lists / "cityscapes_train.txt")
         val = read_ids(id_lists / "cityscapes_val.txt")
@@ -100,14 +122,20 @@ def _cityscapes_ids(root: Path, split: str) -> list[str]:
     return ids
 
 
-def pools_from_data_root(dataset: str, root: Path) -> IdPools:
+def pools_from_data_root(dataset: str, root: Path, valid_set: str = "test") -> IdPools:
     """Pools from a downloaded dataset folder.
 
     VOC: ``ImageSets/Segmentation/train.txt`` and ``val.txt``; train_aug = the ids of
     ``SegmentationClassAug/*.png`` minus val. Cityscapes: ``leftImg8bit/{train,val}`` images.
+    CamVid: its list files ``train.txt`` and ``test.txt`` (or ``val.txt``: ``valid_set``).
     """
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
+    if dataset == "camvid":
+        from dataset.camvid import read_list_file  # imports torch: only this path needs it
+
+        train = read_list_file(root / "train.txt")
+        return _make_pools(train, train, read_list_file(root / f"{valid_set}.txt"), root)
     if dataset == "cityscapes":
         train = _cityscapes_ids(root, "train")
         return _make_pools(train, train, _cityscapes_ids(root, "val"), root)
@@ -138,9 +166,10 @@ def check_split(labeled: list[str], unlabeled: list[str], pool: list[str], num_l
 
 
 def scheme_of(dataset: str, num_labels: int, scheme: str) -> str:
-    """``classic`` or ``blended`` (VOC); ``auto`` picks by the standard split sizes."""
-    if dataset == "cityscapes" or scheme != "auto":
-        return "classic" if dataset == "cityscapes" else scheme
+    """``classic`` or ``blended`` (VOC); ``auto`` picks by the standard split sizes. Other
+    datasets draw from their one training pool (``classic``: fine = train)."""
+    if dataset != "voc" or scheme != "auto":
+        return "classic" if dataset != "voc" else scheme
     if num_labels in VOC_CLASSIC:
         return "classic"
     if num_labels in VOC_BLENDED:
@@ -162,7 +191,8 @@ def draw(pools: IdPools, num_labels: int, seed: int, scheme: str) -> tuple[list[
 
 
 def id_from_entry(entry: str, dataset: str) -> str:
-    """The id named by the first path of a ``labeled.txt`` line (or a bare id)."""
+    """The id named by the first path of a ``labeled.txt`` line (or a bare id): VOC the file
+    stem, Cityscapes and CamVid ``<parent folder>/<stem>`` (less ``_leftImg8bit``)."""
     path = Path(entry)
     if not path.suffix:
         return entry
@@ -198,6 +228,9 @@ EXAMPLES = """examples:
   python tools/make_splits.py --dataset voc                   # the shipped VOC splits, byte for byte
   python tools/make_splits.py --dataset cityscapes --seed 1   # the four Cityscapes counts, seed 1
   python tools/make_splits.py --dataset voc --num-labels 92 --data-root data/VOCdevkit/VOC2012
+  python tools/make_splits.py --dataset camvid                # the shipped CamVid splits (valid: test)
+  python tools/make_splits.py --dataset camvid --valid-set val --seed 1 --num-labels 23 --out CamVid_split_val
+      # validate on CamVid's val images to choose a config: Dataset.txt_dir=CamVid_split_val
   python tools/make_splits.py --dataset voc --import-labeled splits/pascal/662/labeled.txt --name unimatch
       # then train on it with: Dataset.num_labels=662 Dataset.split=unimatch (any Seed)
 """
@@ -205,9 +238,7 @@ EXAMPLES = """examples:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
-    parser.add_argument(
-        "--dataset", required=True, choices=("voc", "cityscapes"), help="the dataset"
-    )
+    parser.add_argument("--dataset", required=True, choices=tuple(STANDARD), help="the dataset")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--id-lists",
@@ -245,12 +276,19 @@ def build_parser() -> ArgumentParser:
         help=f"seed of the draw and name of the split folder (default {DEFAULT_SEED})",
     )
     parser.add_argument(
+        "--valid-set",
+        choices=VALID_SETS,
+        default=None,
+        help="CamVid: the validation list, its test images (default: where results are "
+        "reported) or its val images (to choose a config; write those with another --out)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="DIR",
         help="split root, the Dataset.txt_dir of a config (default: VOC_split / "
-        "CityScapes_split in the repository)",
+        "CityScapes_split / CamVid_split in the repository)",
     )
     parser.add_argument(
         "--import-labeled",
@@ -291,25 +329,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(
                 f"--name {SEED_SPLIT} is reserved (Dataset.split={SEED_SPLIT} means the seed's folder)"
             )
+    if args.valid_set is not None and args.dataset != "camvid":
+        parser.error(
+            f"--valid-set only goes with --dataset camvid ({args.dataset} has one val set)"
+        )
     if args.seed is None:
         args.seed = DEFAULT_SEED
+    if args.valid_set is None:
+        args.valid_set = VALID_SETS[0]
     return args
 
 
+def _lines(ids: list[str]) -> str:
+    return "".join(f"{i}\n" for i in ids)
+
+
 def _write_new(out: Path, folder: str | int, labeled, unlabeled, valid, hint: str) -> Path:
-    """Write one split; a folder that holds another split is never overwritten."""
+    """Write one split; a folder that holds another split is never overwritten, and a split
+    root holds splits of one validation list (CamVid's test or val) only."""
     existing = split_dir(out, len(labeled), folder) / "labeled_filename.txt"
-    if existing.is_file() and existing.read_text() != "".join(f"{i}\n" for i in labeled):
+    if existing.is_file() and existing.read_text() != _lines(labeled):
         raise UserError(f"{existing} already holds another split: {hint}")
+    other = next(
+        (p for p in sorted(out.glob("*/*/valid_filename.txt")) if p.read_text() != _lines(valid)),
+        None,
+    )
+    if other is not None:
+        raise UserError(
+            f"{other} lists other validation ids than this split (a split root holds one "
+            "validation set): choose another --out, or the same --valid-set"
+        )
     return write_split(out, len(labeled), folder, labeled, unlabeled, valid)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Write the requested splits; return their folders."""
     if args.data_root is not None:
-        pools = pools_from_data_root(args.dataset, args.data_root)
+        pools = pools_from_data_root(args.dataset, args.data_root, args.valid_set)
     else:
-        pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS)
+        pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS, args.valid_set)
     out = args.out or DEFAULT_OUT[args.dataset]
     if args.import_labeled is not None:
         labeled = read_labeled_file(args.import_labeled, args.dataset, pools.train)
