@@ -20,7 +20,7 @@ from utils.dist import is_dist, is_main_process
 from utils.ema import make_teacher
 from utils.errors import UserError
 from utils.prototypes import Prototypes
-from utils.strategies import STRATEGIES, Strategy
+from utils.strategies import STRATEGIES, Evaluated, Strategy
 
 # Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
 MODEL_KEYS = (
@@ -187,7 +187,7 @@ class Run:
     @property
     def result_model(self) -> nn.Module:
         """The network that is evaluated and is the run's result (the strategy says which)."""
-        return self.student if self.strategy.evaluates == "student" else self.teacher
+        return self.student if self.strategy.evaluates is Evaluated.STUDENT else self.teacher
 
     def wall_seconds(self) -> float:
         """Training time of this run, earlier processes included, up to the end of training
@@ -439,7 +439,7 @@ def result_model_key(state: dict) -> str:
     """``"teacher"`` or ``"student"``: the checkpoint entry its strategy names as the result
     (the teacher for a checkpoint that does not name its strategy)."""
     strategy = STRATEGIES.get(state.get("strategy", ""))
-    return strategy.evaluates if strategy is not None else "teacher"
+    return (strategy.evaluates if strategy is not None else Evaluated.TEACHER).value
 
 
 def save(run: Run, work_dir: Path, name: str) -> None:
