@@ -52,14 +52,23 @@ from torch.utils._pytree import tree_leaves
 from dataset import batch_augment, photometric
 from engine.config import DEFAULT_CONFIG, load_config
 from engine.run import TwoBatchForward, build_run, make_optimizer
-from engine.step import UnlabeledBatch, diagnostics, downsample, supervised_loss, train_step
+from engine.step import (
+    UnlabeledBatch,
+    augment_unlabeled,
+    contrastive_pixels,
+    contrastive_weight,
+    diagnostics,
+    supervised_loss,
+    teacher_pseudo_labels,
+    train_step,
+    unsupervised_loss,
+)
 from network import build_model
 from tools.benchmark import SyntheticSet, synthetic_batch
 from utils.contrastive import contrastive_ce, sample_negative_classes, sample_pixels
 from utils.ema import ema_update
-from utils.losses import unsup_ce
 from utils.prototypes import Prototypes
-from utils.strategies import STRATEGIES, teacher_predictions
+from utils.strategies import STRATEGIES
 
 CUDA = torch.device("cuda:0")
 B, H, W, C, D = 2, 32, 32, 4, 8
@@ -141,6 +150,7 @@ def test_fake_cuda_rejects_a_cpu_tensor_as_a_gpu_does(fake: FakeTensorMode) -> N
 def test_step_stages_run_on_fake_cuda(
     fake: FakeTensorMode, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The stages of engine/step.py on fake CUDA tensors, composed as ``train_step`` does."""
     cfg = fake_config()
     loss_cfg = cfg["Loss"]
     loss_cfg["sup_loss"] = "ohem"
@@ -150,60 +160,53 @@ def test_step_stages_run_on_fake_cuda(
         teacher = build_model("resnet18", C, 16, D, base_width=8, decoder_channels=16)
         for p in teacher.parameters():
             p.requires_grad_(False)
-    fake_run = type("FakeRun", (), {})()  # the attributes the stages read
-    fake_run.cfg, fake_run.strategy, fake_run.device = cfg, strat, CUDA
+    # the colour jitter's ops run below; its order draw (randperm(4).tolist()) cannot
+    monkeypatch.setattr(photometric, "color_jitter", lambda img, generator, p: img)
     with fake:
         protos = Prototypes(C, D, loss_cfg["alpha"], CUDA)
-        fake_run.prototypes = protos
         optimizer = make_optimizer(student, cfg["Optim"])
         assert optimizer.defaults["fused"], "on CUDA the fused SGD is the one used"
         img_l = torch.rand(B, 3, H, W, device=CUDA)
         y_l = torch.randint(-1, C, (B, H, W), device=CUDA)
         img_u = torch.rand(B, 3, H, W, device=CUDA)
+        factor = torch.rand(B, device=CUDA) + 0.5
+        for op in (photometric.adjust_brightness, photometric.adjust_contrast):
+            assert_on_cuda(op(img_u, factor))
+        assert_on_cuda(photometric.adjust_saturation(img_u, factor))
+        assert_on_cuda(photometric.adjust_hue(img_u, factor - 1))
 
-        # teacher -> pseudo-labels, under CUDA autocast
+        # teacher -> pseudo-labels (before and after cross_label's warm-up), under autocast
         with torch.no_grad(), cuda_autocast(monkeypatch):
             logits_t, rep_t = teacher(img_u)
         assert logits_t.dtype == torch.bfloat16
-        t = teacher_predictions(logits_t, rep_t, protos.proto, loss_cfg["temp"], (H, W), True)
-        pl = strat.pseudo_labels(t, 0, loss_cfg)
-        pl_late = strat.pseudo_labels(t, loss_cfg["warm_up"], loss_cfg)  # after warm-up
-        assert_on_cuda(t.y_cls, t.conf_cls, t.y_rep, t.conf_rep, pl.y_u, pl_late.conf_u)
+        for epoch in (0, loss_cfg["warm_up"]):
+            pl = teacher_pseudo_labels(logits_t, rep_t, strat, protos, loss_cfg, epoch, (H, W))
+            assert_on_cuda(pl.y_u, pl.conf_u, pl.y_con, pl.conf_con)
 
-        # the batch augmentation, stage by stage (the colour-jitter order is data: see above)
-        maps, fills = [pl.y_u, pl.conf_u], [-1, 0.0]
-        img, maps = batch_augment.random_rescale_crop(img_u, maps, fills, (H, W), (0.5, 1.5))
+        # strong augmentation with every mix mode
         for mode in batch_augment.MIX_MODES:
-            img, maps = batch_augment.mix(img, maps, fills, mode)
-        factor = torch.rand(B, device=CUDA) + 0.5
-        for op in (photometric.adjust_brightness, photometric.adjust_contrast):
-            img = op(img, factor)
-        img = photometric.adjust_saturation(img, factor)
-        img = photometric.adjust_hue(img, factor - 1)
-        # blur and flip; the jitter's ops ran above, its order draw cannot (test 2 runs it)
-        monkeypatch.setattr(photometric, "color_jitter", lambda img, generator, p: img)
-        img, maps = photometric.photometric_flip(img, maps, p_blur=1.0)
-        assert_on_cuda(img, *maps)
-        y_u, conf_u = maps
+            data = {**cfg["Dataset"], "crop_size": [H, W], "mix_mode": mode}
+            img, maps = augment_unlabeled(img_u, pl, data)
+            assert_on_cuda(img, *maps.values())
+        unlabeled = UnlabeledBatch(img, maps, pl.agreement, loss_cfg["un_threshold"])
 
         # student on both batches, losses
         with cuda_autocast(monkeypatch):
-            (pred_l, rep_l), (pred_u, rep_u) = TwoBatchForward(student, False)(img_l, img)
-        sup = supervised_loss(fake_run, pred_l, y_l)
-        big = F.interpolate(pred_u.float(), (H, W), mode="bilinear", align_corners=True)
-        unsup = unsup_ce(big, y_u, conf_u, loss_cfg["un_threshold"])
+            out_l, out_u = TwoBatchForward(student, False)(img_l, img)
+        sup = supervised_loss(out_l[0], y_l, loss_cfg)
+        unsup = unsupervised_loss(out_u[0], unlabeled, loss_cfg)
 
-        # prototypes: update from the valid pixels, rep-space probabilities
-        rep = torch.cat([rep_l, rep_u]).float()
+        # contrastive_term's first half: valid pixels, indicator, prototype update
+        rep = torch.cat([out_l[1], out_u[1]]).float()
         size = tuple(rep.shape[-2:])
-        y = torch.cat([downsample(y_l, size), downsample(y_u, size)])
-        valid = y >= 0
-        valid[B:] &= downsample(conf_u, size) >= loss_cfg["weak_threshold"]
+        y, valid = contrastive_pixels(
+            y_l, maps["y_con"], maps["conf_con"], size, loss_cfg["weak_threshold"]
+        )
         prob = protos.probs(rep.detach(), loss_cfg["temp"])
         protos.update(rep.detach(), y.clamp_min(0), valid)
-        assert_on_cuda(prob, protos.proto)
+        assert_on_cuda(y, valid, prob, protos.proto)
 
-        # the contrastive CE on sampled anchors / negatives (the class bookkeeping is data)
+        # its second half on sampled anchors / negatives (the class bookkeeping is data)
         q, n, m = 4, 6, 10
         present = torch.arange(C, device=CUDA)
         counts = torch.full((C,), m // C, device=CUDA)
@@ -214,13 +217,12 @@ def test_step_stages_run_on_fake_cuda(
         pixels = F.normalize(rep.detach().permute(0, 2, 3, 1).reshape(-1, D)[:m], dim=-1)
         contrast = contrastive_ce(anchor, protos.proto[present], pixels, neg_pos, 0.5).mean()
 
-        total = sup + unsup + 0.5 * contrast
-        named = {"y_u": y_u, "conf_u": conf_u, "y_con": y_u, "conf_con": conf_u}
-        unlabeled = UnlabeledBatch(img, named, pl.agreement, loss_cfg["un_threshold"])
-        stats = diagnostics(fake_run, unsup, contrast, 0.5, unlabeled)
+        lam = contrastive_weight(strat, cfg["Ramp_Scheduler"], 3)
+        total = sup + unsup + lam * contrast
+        stats = diagnostics(unsup, contrast, lam, unlabeled, loss_cfg)
         assert_on_cuda(total, *stats.values())
 
-        # update: backward, fused SGD, the teacher's EMA
+        # update: backward, SGD, the teacher's EMA (engine.step.update but its backward)
         optimizer.zero_grad(set_to_none=True)
         backward_without_engine(total)
         params = list(student.parameters())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from engine.step import augment_unlabeled
@@ -11,9 +9,8 @@ from utils.labels import IGNORE_INDEX
 from utils.strategies import PseudoLabels
 
 
-def fake_run(mix_mode: str, size: int) -> SimpleNamespace:
-    data = {"crop_size": [size, size], "scale_size": [1.0, 1.0], "mix_mode": mix_mode}
-    return SimpleNamespace(cfg={"Dataset": data})
+def data_cfg(mix_mode: str, size: int) -> dict:
+    return {"crop_size": [size, size], "scale_size": [1.0, 1.0], "mix_mode": mix_mode}
 
 
 def test_classmix_chooses_classes_from_the_contrastive_pseudo_label_after_cross_label_warm_up():
@@ -35,7 +32,7 @@ def test_classmix_chooses_classes_from_the_contrastive_pseudo_label_after_cross_
     for seed in range(5):
         torch.manual_seed(seed)
         img = torch.rand(2, 3, size, size)
-        _, maps = augment_unlabeled(fake_run("classmix", size), img, pl)
+        _, maps = augment_unlabeled(img, pl, data_cfg("classmix", size))
         own = ({0, 1}, {3, 4})
         for k in range(2):
             values = set(maps["y_con"][k].unique().tolist()) - {IGNORE_INDEX}
