@@ -14,7 +14,7 @@ from torch import nn
 from dataset.transforms import normalize
 from engine.config import apply_overrides, load_config, validate, with_added_keys
 from engine.data import build_datasets, split_name
-from network import build_model, from_paper_layout
+from network import build_model_from_config, from_paper_layout
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_dist, is_main_process
 from utils.ema import make_teacher
@@ -231,16 +231,8 @@ class TwoBatchForward(nn.Module):
 
 
 def build_network(cfg: dict) -> nn.Module:
-    net = cfg["Network"]
-    return build_model(
-        net["backbone"],
-        net["num_class"],
-        net["output_stride"],
-        net["rep_dim"],
-        net["pretrained"] or None,
-        base_width=net["base_width"],
-        decoder_channels=net["decoder_channels"],
-    )
+    """DeepLabv3+ on the ``Network`` section's encoder (``network.ENCODERS``)."""
+    return build_model_from_config(cfg["Network"])
 
 
 def build_network_for_eval(cfg: dict) -> nn.Module:
