@@ -282,7 +282,7 @@ def train(run: Run, work_dir: Path) -> dict:
             "the run is complete (iteration %d of %d): evaluating its %s",
             run.iteration,
             tr["total_iter"],
-            run.strategy.evaluates,
+            run.strategy.evaluates.value,
         )
     bar = progress_bar(run)
     run.student.train()
@@ -346,7 +346,9 @@ def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict
     cfg = run.cfg
     miou, iou = last_eval if last_eval is not None else run_eval(run)
     names = class_names(cfg["Dataset"]["name"])
-    log.info("final evaluation of the %s:\n%s", run.strategy.evaluates, format_table(iou, names))
+    log.info(
+        "final evaluation of the %s:\n%s", run.strategy.evaluates.value, format_table(iou, names)
+    )
     return {
         "strategy": run.strategy.name,
         "miou": 100 * miou,

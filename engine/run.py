@@ -14,13 +14,13 @@ from torch import nn
 from dataset.transforms import normalize
 from engine.config import apply_overrides, load_config, validate, with_added_keys
 from engine.data import build_datasets, split_folder, split_name
-from network import build_model, from_paper_layout
+from network import build_model_from_config, from_paper_layout
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_dist, is_main_process
 from utils.ema import make_teacher
 from utils.errors import UserError
 from utils.prototypes import Prototypes
-from utils.strategies import STRATEGIES, Strategy
+from utils.strategies import STRATEGIES, Evaluated, Strategy
 
 # Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
 MODEL_KEYS = (
@@ -187,7 +187,7 @@ class Run:
     @property
     def result_model(self) -> nn.Module:
         """The network that is evaluated and is the run's result (the strategy says which)."""
-        return self.student if self.strategy.evaluates == "student" else self.teacher
+        return self.student if self.strategy.evaluates is Evaluated.STUDENT else self.teacher
 
     def wall_seconds(self) -> float:
         """Training time of this run, earlier processes included, up to the end of training
@@ -231,16 +231,8 @@ class TwoBatchForward(nn.Module):
 
 
 def build_network(cfg: dict) -> nn.Module:
-    net = cfg["Network"]
-    return build_model(
-        net["backbone"],
-        net["num_class"],
-        net["output_stride"],
-        net["rep_dim"],
-        net["pretrained"] or None,
-        base_width=net["base_width"],
-        decoder_channels=net["decoder_channels"],
-    )
+    """DeepLabv3+ on the ``Network`` section's encoder (``network.ENCODERS``)."""
+    return build_model_from_config(cfg["Network"])
 
 
 def build_network_for_eval(cfg: dict) -> nn.Module:
@@ -445,7 +437,7 @@ def result_model_key(state: dict) -> str:
     """``"teacher"`` or ``"student"``: the checkpoint entry its strategy names as the result
     (the teacher for a checkpoint that does not name its strategy)."""
     strategy = STRATEGIES.get(state.get("strategy", ""))
-    return strategy.evaluates if strategy is not None else "teacher"
+    return (strategy.evaluates if strategy is not None else Evaluated.TEACHER).value
 
 
 def save(run: Run, work_dir: Path, name: str) -> None:

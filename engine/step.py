@@ -8,10 +8,13 @@ losses -> update. A researcher who changes a loss term reads this module and ``u
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dataset.batch_augment import strong_augment
 from engine.run import Run
@@ -19,9 +22,10 @@ from utils.contrastive import prototype_contrastive_loss
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
 from utils.losses import image_weights, ohem_ce, sup_ce, unsup_ce
+from utils.prototypes import Prototypes
 from utils.resize import resize_bilinear
 from utils.schedules import ramp_down
-from utils.strategies import PseudoLabels, teacher_predictions
+from utils.strategies import PseudoLabels, Strategy, teacher_predictions
 
 Tensor = torch.Tensor
 
@@ -44,31 +48,44 @@ class UnlabeledBatch:
 def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) -> dict:
     """One optimiser step; returns the loss terms and diagnostics as 0-dim tensors.
 
+    Composes the stages below from what ``run`` holds (its device, precision and memory
+    format stay here and in :func:`pseudo_labeled_batch`); each stage takes only the config
+    section, the strategy record, the prototypes, the networks and the tensors it reads.
     ``phase(name)`` is a context manager around each stage (the benchmark times them).
     """
+    loss_cfg = run.cfg["Loss"]
     img_l = run.model_input(batch_l["img"].to(run.device, non_blocking=True))
     y_l = batch_l["label"].to(run.device, non_blocking=True)
     unlabeled = None
     if batch_u is not None:
         unlabeled = pseudo_labeled_batch(run, batch_u, img_l, phase)
     with phase("student_forward"), run.autocast():
-        (pred_l, rep_l), out_u = run.forward(img_l, unlabeled.img if unlabeled else None)
+        out_l, out_u = run.forward(img_l, unlabeled.img if unlabeled else None)
+    pred_l, rep_l = out_l
     stats: dict[str, Tensor] = {}
     if unlabeled is not None and unlabeled.agreement is not None:
         stats["agreement"] = unlabeled.agreement
     with phase("sup_loss"):
-        sup = supervised_loss(run, pred_l, y_l)
+        sup = supervised_loss(pred_l, y_l, loss_cfg)
     stats["sup"] = sup.detach()
     if out_u is None:
         # The supervised baseline does not use the representation head; a zero term keeps it
         # in the graph so that DDP (which expects every parameter to get a gradient) is happy.
         total = sup + rep_l.float().sum() * 0
     else:
-        unsup, contrast, lam = unlabeled_losses(run, (pred_l, rep_l), y_l, out_u, unlabeled, phase)
+        with phase("unsup_loss"):
+            unsup = unsupervised_loss(out_u[0], unlabeled, loss_cfg)
+        contrast = contrastive_term(
+            out_l, y_l, out_u, unlabeled.maps, run.prototypes, run.strategy, loss_cfg, phase
+        )
+        lam = contrastive_weight(run.strategy, run.cfg["Ramp_Scheduler"], run.epoch)
         total = sup + unsup + lam * contrast
-        stats.update(diagnostics(run, unsup, contrast, lam, unlabeled))
+        stats.update(diagnostics(unsup, contrast, lam, unlabeled, loss_cfg))
     stats["total"] = total.detach()
-    update(run, total, phase)
+    ema_alpha = run.cfg["EMA"]["alpha"]
+    update(
+        total, run.student, run.teacher, run.optimizer, run.scaler, run.iteration, ema_alpha, phase
+    )
     return stats
 
 
@@ -76,7 +93,12 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
 
 
 def pseudo_labeled_batch(run: Run, batch_u: dict, img_l: Tensor, phase=no_timer) -> UnlabeledBatch:
-    """Teacher forward on the unlabeled batch, the strategy's pseudo-labels, strong augmentation."""
+    """Teacher forward on the unlabeled batch, the strategy's pseudo-labels, strong augmentation.
+
+    Part of :func:`train_step`'s composition: the run's device, precision and memory format
+    around the teacher and the stages :func:`teacher_pseudo_labels` and
+    :func:`augment_unlabeled`.
+    """
     loss_cfg = run.cfg["Loss"]
     with phase("teacher"), torch.no_grad():
         img_u01 = batch_u["img"].to(run.device, non_blocking=True).float().div_(255)
@@ -84,24 +106,39 @@ def pseudo_labeled_batch(run: Run, batch_u: dict, img_l: Tensor, phase=no_timer)
             if run.cfg["Training"]["teacher_on_labeled"]:
                 run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
             logits_t, rep_t = run.teacher(run.model_input(img_u01))
-        t = teacher_predictions(
-            logits_t,
-            rep_t,
-            run.prototypes.proto,
-            loss_cfg["temp"],
-            tuple(img_l.shape[-2:]),
-            run.strategy.needs_rep,
+        size = tuple(img_l.shape[-2:])
+        pl = teacher_pseudo_labels(
+            logits_t, rep_t, run.strategy, run.prototypes, loss_cfg, run.epoch, size
         )
-        pl = run.strategy.pseudo_labels(t, run.epoch, loss_cfg)
     with phase("augment"), torch.no_grad():
-        img_aug, maps = augment_unlabeled(run, img_u01, pl)
+        img_aug, maps = augment_unlabeled(img_u01, pl, run.cfg["Dataset"])
     threshold = loss_cfg["un_threshold"] if pl.un_threshold is None else pl.un_threshold
     return UnlabeledBatch(run.model_input(img_aug), maps, pl.agreement, threshold)
 
 
-def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tensor, dict]:
+@torch.no_grad()
+def teacher_pseudo_labels(
+    logits_t: Tensor,
+    rep_t: Tensor,
+    strategy: Strategy,
+    prototypes: Prototypes,
+    loss_cfg: Mapping[str, Any],
+    epoch: int,
+    size: tuple[int, int],
+) -> PseudoLabels:
+    """The strategy's pseudo-labels from the teacher's outputs, at ``size`` (the input's)."""
+    t = teacher_predictions(
+        logits_t, rep_t, prototypes.proto, loss_cfg["temp"], size, strategy.needs_rep
+    )
+    return strategy.pseudo_labels(t, epoch, loss_cfg)
+
+
+def augment_unlabeled(
+    img_u01: Tensor, pl: PseudoLabels, data_cfg: Mapping[str, Any]
+) -> tuple[Tensor, dict]:
     """Strong augmentation of the unlabeled batch and its per-pixel maps (each distinct map
-    once: most strategies use the same tensors for both branches)."""
+    once: most strategies use the same tensors for both branches), as the ``Dataset`` section
+    ``data_cfg`` says (``crop_size``, ``scale_size``, ``mix_mode``)."""
     named = {"y_u": pl.y_u, "conf_u": pl.conf_u, "y_con": pl.y_con, "conf_con": pl.conf_con}
     unique: list[Tensor] = []
     for t in named.values():
@@ -112,14 +149,13 @@ def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tens
     # cross_label (as the paper code does, also after warm-up, when y_u is y_rep); for the
     # other strategies y_con is y_u.
     class_map = next(k for k, u in enumerate(unique) if u is pl.y_con)
-    data = run.cfg["Dataset"]
     img, out = strong_augment(
         img_u01,
         unique,
         fills,
-        crop_size=tuple(data["crop_size"]),
-        scale_size=tuple(data["scale_size"]),
-        mix_mode=data["mix_mode"],
+        crop_size=tuple(data_cfg["crop_size"]),
+        scale_size=tuple(data_cfg["scale_size"]),
+        mix_mode=data_cfg["mix_mode"],
         class_map=class_map,
     )
     index = {id(t): k for k, t in enumerate(unique)}
@@ -129,38 +165,36 @@ def augment_unlabeled(run: Run, img_u01: Tensor, pl: PseudoLabels) -> tuple[Tens
 # --------------------------------------------------------------------------- losses
 
 
-def supervised_loss(run: Run, pred_l: Tensor, y_l: Tensor) -> Tensor:
+def supervised_loss(pred_l: Tensor, y_l: Tensor, loss_cfg: Mapping[str, Any]) -> Tensor:
     """CE (or OHEM) of the labeled logits, upsampled to the label size, against the labels."""
-    loss_cfg = run.cfg["Loss"]
     pred = resize_bilinear(pred_l.float(), y_l.shape[-2:])
     if loss_cfg["sup_loss"] == "ohem":
         return ohem_ce(pred, y_l, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"] * len(y_l))
     return sup_ce(pred, y_l)
 
 
-def unlabeled_losses(run: Run, out_l, y_l, out_u, unlabeled: UnlabeledBatch, phase=no_timer):
-    """``(unsup, contrast, lambda)``: the confidence-weighted CE against the pseudo-labels, the
-    prototype contrastive loss and its weight for this epoch."""
-    loss_cfg, maps = run.cfg["Loss"], unlabeled.maps
-    pred_u, rep_u = out_u
-    with phase("unsup_loss"):
-        pred_u_large = resize_bilinear(pred_u.float(), maps["y_u"].shape[-2:])
-        unsup = unsup_ce(
-            pred_u_large,
-            maps["y_u"],
-            maps["conf_u"],
-            unlabeled.un_threshold,
-            loss_cfg["weight_counts_ignored"],
-        )
-    contrast = contrastive_term(run, *out_l, y_l, pred_u, rep_u, maps, phase)
-    return unsup, contrast, contrastive_weight(run, run.epoch)
+def unsupervised_loss(
+    pred_u: Tensor, unlabeled: UnlabeledBatch, loss_cfg: Mapping[str, Any]
+) -> Tensor:
+    """The confidence-weighted CE of the unlabeled logits, upsampled to the pseudo-labels'
+    size, against them (each image weighted by its share of confident pixels)."""
+    maps = unlabeled.maps
+    pred_u_large = resize_bilinear(pred_u.float(), maps["y_u"].shape[-2:])
+    return unsup_ce(
+        pred_u_large,
+        maps["y_u"],
+        maps["conf_u"],
+        unlabeled.un_threshold,
+        loss_cfg["weight_counts_ignored"],
+    )
 
 
-def contrastive_weight(run: Run, epoch: int) -> float:
-    """lambda_t: 1 for strategies without the ramp, else the ramp-down of ``Ramp_Scheduler``."""
-    if not run.strategy.ramps_contrast:
+def contrastive_weight(strategy: Strategy, ramp_cfg: Mapping[str, Any], epoch: int) -> float:
+    """lambda_t: 1 for strategies without the ramp, else the ramp-down of the
+    ``Ramp_Scheduler`` section ``ramp_cfg`` at ``epoch``."""
+    if not strategy.ramps_contrast:
         return 1.0
-    r = run.cfg["Ramp_Scheduler"]
+    r = ramp_cfg
     return ramp_down(
         epoch, r["begin_epoch"], r["max_epoch"], r["max_value"], r["min_value"], r["ramp_mult"]
     )
@@ -171,30 +205,56 @@ def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x[:, None].float(), size=size, mode="nearest")[:, 0].to(x.dtype)
 
 
-def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, phase=no_timer) -> Tensor:
-    """Prototype update from this step's valid pixels, then the contrastive loss (SPEC 4.5).
+def contrastive_pixels(
+    y_l: Tensor, y_con: Tensor, conf_con: Tensor, size: tuple[int, int], weak_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """``(y, valid)`` ``[B_l + B_u, *size]``: the class of every labeled, then unlabeled pixel,
+    and the pixels that take part in the prototype update and the contrastive loss.
 
-    Valid pixels: labeled pixels with a label, unlabeled pixels whose contrastive
-    pseudo-label is not ignored and whose confidence is >= weak_threshold; all maps are
-    downsampled (nearest) to the representation's 1/4 resolution.
+    Valid: labeled pixels with a label, unlabeled pixels whose contrastive pseudo-label is not
+    ignored and whose confidence is >= ``weak_threshold``; every map is first downsampled
+    (nearest) to ``size``, the representation's resolution.
     """
-    loss_cfg = run.cfg["Loss"]
+    y = torch.cat([downsample(y_l, size), downsample(y_con, size)])
+    weak = downsample(conf_con, size) >= weak_threshold
+    valid = y >= 0
+    valid[y_l.shape[0] :] &= weak
+    return y, valid
+
+
+def contrastive_term(
+    out_l: tuple[Tensor, Tensor],
+    y_l: Tensor,
+    out_u: tuple[Tensor, Tensor],
+    maps: Mapping[str, Tensor],
+    prototypes: Prototypes,
+    strategy: Strategy,
+    loss_cfg: Mapping[str, Any],
+    phase=no_timer,
+) -> Tensor:
+    """Prototype update from this step's valid pixels (:func:`contrastive_pixels`), then the
+    contrastive loss (SPEC 4.5). Hard anchors: valid pixels whose indicator probability of
+    their class is below ``strong_threshold``; the indicator is the student's rep-space
+    probabilities (prototypes before the update) where the strategy says
+    ``use_rep_indicator``, else its softmax. ``out_l`` / ``out_u``: the student's
+    ``(pred, rep)`` on the labeled / unlabeled batch.
+    """
+    (pred_l, rep_l), (pred_u, rep_u) = out_l, out_u
     rep = torch.cat([rep_l, rep_u]).float()
     size = tuple(rep.shape[-2:])
     with phase("proto_update"), torch.no_grad():
-        y = torch.cat([downsample(y_l, size), downsample(maps["y_con"], size)])
-        weak = downsample(maps["conf_con"], size) >= loss_cfg["weak_threshold"]
-        valid = y >= 0
-        valid[y_l.shape[0] :] &= weak
-        if run.strategy.use_rep_indicator:  # rep-space probabilities, prototypes before update
-            prob = run.prototypes.probs(rep.detach(), loss_cfg["temp"])
+        y, valid = contrastive_pixels(
+            y_l, maps["y_con"], maps["conf_con"], size, loss_cfg["weak_threshold"]
+        )
+        if strategy.use_rep_indicator:  # rep-space probabilities, prototypes before update
+            prob = prototypes.probs(rep.detach(), loss_cfg["temp"])
         else:
             prob = torch.cat([pred_l, pred_u]).detach().float().softmax(1)
-        run.prototypes.update(rep.detach(), y.clamp_min(0), valid)
+        prototypes.update(rep.detach(), y.clamp_min(0), valid)
     # A diverged step (non-finite rep) leaves non-finite prototypes, from which negative
     # classes cannot be drawn (torch.multinomial raises); zeros let the step finish with a
     # non-finite loss that the loop reports. Identity while the prototypes are finite.
-    proto = torch.nan_to_num(run.prototypes.proto, nan=0.0, posinf=0.0, neginf=0.0)
+    proto = torch.nan_to_num(prototypes.proto, nan=0.0, posinf=0.0, neginf=0.0)
     with phase("contrastive"):
         return prototype_contrastive_loss(
             rep,
@@ -209,12 +269,18 @@ def contrastive_term(run, pred_l, rep_l, y_l, pred_u, rep_u, maps, phase=no_time
         )
 
 
-def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, unlabeled) -> dict:
+def diagnostics(
+    unsup: Tensor,
+    contrast: Tensor,
+    lam: float,
+    unlabeled: UnlabeledBatch,
+    loss_cfg: Mapping[str, Any],
+) -> dict:
     """The logged values of the unlabeled branch (0-dim tensors). ``mask_ratio``: the fraction
     of pixels that are confident and not ignored; ``unsup_weight``: the mean per-image weight
     the unsupervised CE applies (with ``Loss.weight_counts_ignored`` its numerator also counts
     confident ignored pixels, so it can exceed 1)."""
-    loss_cfg, maps, threshold = run.cfg["Loss"], unlabeled.maps, unlabeled.un_threshold
+    maps, threshold = unlabeled.maps, unlabeled.un_threshold
     with torch.no_grad():
         confident = (maps["conf_u"] >= threshold) & (maps["y_u"] >= 0)
         weight = image_weights(
@@ -225,19 +291,28 @@ def diagnostics(run: Run, unsup: Tensor, contrast: Tensor, lam: float, unlabeled
             "contrast": contrast.detach(),
             "mask_ratio": confident.float().mean(),
             "unsup_weight": weight.mean(),
-            "lambda": torch.tensor(lam, device=run.device),
+            "lambda": torch.tensor(lam, device=unsup.device),
         }
 
 
 # --------------------------------------------------------------------------- the update
 
 
-def update(run: Run, total: Tensor, phase=no_timer) -> None:
-    """Backward, optimiser step (through the grad scaler), then the teacher's EMA."""
+def update(
+    total: Tensor,
+    student: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    ema_alpha: float,
+    phase=no_timer,
+) -> None:
+    """Backward, optimiser step (through the grad scaler), then the teacher's EMA at ``step``."""
     with phase("backward"):
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(total).backward()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
     with phase("optimizer_ema"):
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        ema_update(run.teacher, run.student, run.iteration, run.cfg["EMA"]["alpha"])
+        scaler.step(optimizer)
+        scaler.update()
+        ema_update(teacher, student, step, ema_alpha)

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from network.resnet import check_output_stride
+from network.encoder import check_encoder
+from utils.errors import UserError
 
-ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}  # by the encoder's high_stride
 ASPP_CHANNELS = 256
 LOW_CHANNELS = 48
 
@@ -68,38 +69,42 @@ def head(in_channels: int, out_channels: int, channels: int = ASPP_CHANNELS) -> 
 class DeepLabV3Plus(nn.Module):
     """DeepLabv3+ whose decoder feeds a classifier head and a representation head.
 
-    ``backbone`` must provide ``forward_features(x) -> (c1, c4)`` and the attributes
-    ``low_channels`` / ``high_channels`` (see ``network.resnet.ResNetBackbone``).
-    ``decoder_channels`` is the width of the ASPP and of both heads (256 in DeepLabv3+).
-    ``forward(x)`` returns ``(pred, rep)``: ``[B, num_classes, h, w]`` and ``[B, rep_dim, h, w]``
-    at the layer1 resolution (1/4 of the input); nothing is upsampled to the input size here.
+    ``encoder`` is any module with the interface of ``network.encoder``: ``forward(x) ->
+    (low, high)`` and the attributes ``low_channels``, ``high_channels``, ``low_stride``,
+    ``high_stride`` (8 or 16: the ASPP rates follow it). It is kept as ``self.backbone`` (the
+    checkpoints' ``backbone.*`` keys). ``decoder_channels`` is the width of the ASPP and of
+    both heads (256 in DeepLabv3+). ``forward(x)`` returns ``(pred, rep)``:
+    ``[B, num_classes, h, w]`` and ``[B, rep_dim, h, w]`` at the encoder's low-level
+    resolution (1/4 of the input for the ResNets); nothing is upsampled to the input size here.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        encoder: nn.Module,
         num_classes: int,
-        output_stride: int = 8,
         rep_dim: int = 256,
         decoder_channels: int = ASPP_CHANNELS,
     ) -> None:
         super().__init__()
-        check_output_stride(output_stride)
-        backbone_stride = getattr(backbone, "output_stride", output_stride)
-        if backbone_stride != output_stride:
-            raise ValueError(f"backbone has output stride {backbone_stride}, not {output_stride}")
-        self.backbone = backbone
+        check_encoder(encoder)
+        if encoder.high_stride not in ASPP_RATES:
+            raise UserError(
+                f"encoder {type(encoder).__name__}: high_stride {encoder.high_stride} has no "
+                f"ASPP rates; DeepLabv3+ takes {' or '.join(map(str, ASPP_RATES))}"
+            )
+        self.backbone = encoder
         if decoder_channels < 1:
             raise ValueError(f"decoder_channels must be positive, got {decoder_channels}")
-        self.aspp = ASPP(backbone.high_channels, ASPP_RATES[output_stride], decoder_channels)
-        self.project = conv_bn_relu(backbone.low_channels, LOW_CHANNELS)
+        rates = ASPP_RATES[encoder.high_stride]
+        self.aspp = ASPP(encoder.high_channels, rates, decoder_channels)
+        self.project = conv_bn_relu(encoder.low_channels, LOW_CHANNELS)
         fused = LOW_CHANNELS + decoder_channels
         self.classifier = head(fused, num_classes, decoder_channels)
         self.representation = head(fused, rep_dim, decoder_channels)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(pred, rep)`` at 1/4 of the input resolution."""
-        c1, c4 = self.backbone.forward_features(x)
+        """Return ``(pred, rep)`` at the encoder's low-level resolution."""
+        c1, c4 = self.backbone(x)
         low = self.project(c1)
         high = F.interpolate(
             self.aspp(c4), size=low.shape[-2:], mode="bilinear", align_corners=True

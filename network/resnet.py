@@ -1,6 +1,9 @@
-"""ResNet backbones for DeepLabv3+: torchvision ResNets with dilation, plus the deep-stem ResNet-101.
+"""ResNet encoders for DeepLabv3+: torchvision ResNets with dilation, plus the deep-stem ResNet-101.
 
-The backbone keeps torchvision's parameter names (conv1, bn1, layer1..layer4) so ImageNet
+The ResNet-only ideas live here: the output stride as a dilation pattern (``Network.output_stride``),
+the stem / stage width (``Network.base_width``) and the ImageNet weight layouts
+(``Network.pretrained``); :func:`resnet_encoder` is the registry's builder for every name of
+``RESNETS``. The backbone keeps torchvision's parameter names (conv1, bn1, layer1..layer4) so ImageNet
 state dicts load directly; avgpool and fc are dropped. Dilation follows one rule for every
 block type (torchvision's for Bottleneck, the paper code's ``_nostride_dilate``): in a stage
 whose stride is replaced by dilation ``d``, the 3x3 conv that had stride 2 gets dilation
@@ -9,14 +12,18 @@ whose stride is replaced by dilation ``d``, the 3x3 conv that had stride 2 gets 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torchvision.models as tvm
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
+from network.encoder import Encoder
 from utils.checkpoint import read_state_dict, weight_mismatches
 from utils.errors import UserError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
 OUTPUT_STRIDES = (8, 16)
 
 _TORCHVISION = {
@@ -40,11 +47,11 @@ _V1C_STEM = {
 _KEY_PREFIXES = ("module.", "backbone.")
 
 
-class ResNetBackbone(nn.Module):
-    """ResNet trunk without avgpool / fc; ``forward_features(x)`` returns (layer1, layer4) outputs.
+class ResNetBackbone(Encoder):
+    """ResNet trunk without avgpool / fc; ``forward(x)`` returns the (layer1, layer4) outputs.
 
-    Attributes: ``arch`` (name), ``output_stride``, ``low_channels`` (layer1 channels),
-    ``high_channels`` (layer4 channels).
+    The encoder interface: ``low_channels`` / ``high_channels`` (layer1 / layer4 channels),
+    ``low_stride`` 4, ``high_stride`` = ``output_stride``. Also ``arch`` (name).
     """
 
     def __init__(self, net: tvm.ResNet, arch: str, output_stride: int) -> None:
@@ -60,17 +67,19 @@ class ResNetBackbone(nn.Module):
         self.output_stride = output_stride
         self.low_channels = _out_channels(net.layer1)
         self.high_channels = _out_channels(net.layer4)
+        self.low_stride = 4
+        self.high_stride = output_stride
 
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(c1, c4)``: layer1 features (1/4 res) and layer4 features (1/OS res)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c1 = self.layer1(x)
         c4 = self.layer4(self.layer3(self.layer2(c1)))
         return c1, c4
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Same as :meth:`forward_features`."""
-        return self.forward_features(x)
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`forward`."""
+        return self.forward(x)
 
 
 def check_output_stride(output_stride: int) -> None:
@@ -86,8 +95,8 @@ def build_backbone(name: str, output_stride: int = 8, base_width: int = 64) -> R
     stages double it: 64-128-256-512). A narrower ResNet keeps the depth and the layout but
     has no ImageNet weights; the demo uses 16 to train on 2 CPU cores.
     """
-    if name not in BACKBONES:
-        raise UserError(f"backbone: got {name!r}, expected one of {', '.join(BACKBONES)}")
+    if name not in RESNETS:
+        raise UserError(f"backbone: got {name!r}, expected one of {', '.join(RESNETS)}")
     check_output_stride(output_stride)
     if base_width < 1:
         raise UserError(f"base_width: got {base_width!r}, expected a positive integer")
@@ -106,6 +115,16 @@ def build_backbone(name: str, output_stride: int = 8, base_width: int = 64) -> R
     if name == "resnet101_deepstem":
         _make_deep_stem(net)
     return ResNetBackbone(net, name, output_stride)
+
+
+def resnet_encoder(name: str, net_cfg: Mapping[str, Any]) -> ResNetBackbone:
+    """The registry's builder of ResNet ``name`` from the ``Network`` config section: its
+    ``output_stride`` (the dilation pattern), ``base_width`` and ``pretrained`` (ImageNet
+    weights, loaded here; ``""`` = none)."""
+    encoder = build_backbone(name, net_cfg["output_stride"], net_cfg["base_width"])
+    if net_cfg["pretrained"]:
+        load_backbone_weights(encoder, net_cfg["pretrained"])
+    return encoder
 
 
 def _out_channels(stage: nn.Sequential) -> int:

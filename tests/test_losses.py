@@ -184,11 +184,10 @@ def test_logged_unsup_weight_is_the_weight_the_loss_applies(count_ignored):
     # image 1: 4 pixels, all labeled, 3 confident
     y = torch.tensor([[[0, 1, -1, -1]], [[2, 2, 2, 2]]])
     conf = torch.tensor([[[0.99, 0.5, 0.98, 0.99]], [[0.99, 0.99, 0.99, 0.1]]])
-    cfg = {"Loss": {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}}
-    run = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
+    loss_cfg = {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}
     zero = torch.zeros(())
     unlabeled = SimpleNamespace(maps={"y_u": y, "conf_u": conf}, un_threshold=0.97)
-    out = diagnostics(run, zero, zero, 1.0, unlabeled)
+    out = diagnostics(zero, zero, 1.0, unlabeled, loss_cfg)
     assert out["mask_ratio"].item() == pytest.approx((1 + 3) / 8)
     w0 = (1 + 2) / 2 if count_ignored else 1 / 2
     assert out["unsup_weight"].item() == pytest.approx((w0 + 3 / 4) / 2)

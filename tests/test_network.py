@@ -368,9 +368,18 @@ def test_train_step_under_autocast_reaches_every_parameter() -> None:
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
 
 
-def test_deeplab_rejects_stride_mismatch() -> None:
-    with pytest.raises(ValueError, match="16"):
-        DeepLabV3Plus(build_backbone("resnet18", 16), 4, output_stride=8)
+def test_deeplab_reads_the_stride_from_the_encoder_and_rejects_what_it_cannot_use() -> None:
+    """The ASPP rates follow the encoder's declared high_stride; a stride without rates, or an
+    encoder that does not declare the interface, stops with one line naming the attribute."""
+    model = DeepLabV3Plus(build_backbone("resnet18", 16), 4)
+    assert model.aspp.branches[1][0].dilation == (6, 6)
+    encoder = build_backbone("resnet18", 16)
+    encoder.high_stride = 32
+    with pytest.raises(UserError, match="high_stride 32 has no ASPP rates"):
+        DeepLabV3Plus(encoder, 4)
+    del encoder.low_channels
+    with pytest.raises(UserError, match="low_channels must be a positive integer"):
+        DeepLabV3Plus(encoder, 4)
 
 
 def _conv_widths(module: nn.Module) -> list[int]:

@@ -7,6 +7,7 @@ import torch
 
 from utils.strategies import (
     STRATEGIES,
+    Evaluated,
     TeacherPredictions,
     cross_label,
     get_strategy,
@@ -110,16 +111,20 @@ def test_cross_label_switches_source_at_warm_up():
 def test_registry_records():
     """Each strategy is one record: what the step does differently is data, checked here."""
     assert list(STRATEGIES) == ["supervised", "ori_pseudo", "mix_label", "cross_label"]
+    names = ("semi_supervised", "needs_rep", "use_rep_indicator", "ramps_contrast", "warms_up")
     fields = {
-        name: (s.semi_supervised, s.needs_rep, s.use_rep_indicator, s.ramps_contrast, s.evaluates)
-        for name, s in STRATEGIES.items()
+        name: (*(getattr(s, f) for f in names), s.evaluates) for name, s in STRATEGIES.items()
     }
+    student, teacher = Evaluated.STUDENT, Evaluated.TEACHER
     assert fields == {
-        "supervised": (False, False, False, False, "student"),
-        "ori_pseudo": (True, False, False, False, "teacher"),
-        "mix_label": (True, True, True, True, "teacher"),
-        "cross_label": (True, True, True, True, "teacher"),
+        "supervised": (False, False, False, False, False, student),
+        "ori_pseudo": (True, False, False, False, False, teacher),
+        "mix_label": (True, True, True, True, False, teacher),
+        "cross_label": (True, True, True, True, True, teacher),
     }
+    # a record states only what differs: every field takes two values over the records
+    for k, name in enumerate((*names, "evaluates")):
+        assert len({f[k] for f in fields.values()}) == 2, name
     assert get_strategy("mix_label").pseudo_labels is mix_label
     assert get_strategy("cross_label").pseudo_labels is cross_label
     assert get_strategy("ori_pseudo").pseudo_labels is ori_pseudo

@@ -21,14 +21,16 @@ def interpolation_matrix(
     n_in: int, n_out: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """``[n_out, n_in]``: row ``i`` holds the weights of output ``i`` (``align_corners=True``:
-    output ``i`` reads input position ``i * (n_in - 1) / (n_out - 1)``; one output reads 0)."""
+    output ``i`` reads input position ``i * (n_in - 1) / (n_out - 1)``; one output reads 0).
+    Built on the host in float64, then moved to ``device`` once (the result is cached)."""
+    host = torch.device("cpu")
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    pos = torch.arange(n_out, dtype=torch.float64) * scale
+    pos = torch.arange(n_out, dtype=torch.float64, device=host) * scale
     low = pos.floor().long().clamp(max=n_in - 1)
     high = (low + 1).clamp(max=n_in - 1)
     frac = pos - low
-    rows = torch.arange(n_out)
-    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out, device=host)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64, device=host)
     weights.index_put_((rows, low), 1 - frac, accumulate=True)
     weights.index_put_((rows, high), frac, accumulate=True)
     return weights.to(dtype=dtype, device=device)

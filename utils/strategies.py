@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -128,18 +129,33 @@ def cross_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> P
 PseudoLabelFn = Callable[[TeacherPredictions, int, Mapping[str, Any]], PseudoLabels]
 
 
+class Evaluated(Enum):
+    """The network a run evaluates, saves as its result and hands to ``evaluate.py`` /
+    ``predict.py``; the value is its checkpoint key (and how the logs name it)."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
 @dataclass(frozen=True)
 class Strategy:
-    """What the training step needs to know about a strategy.
+    """What the training step needs to know about a strategy, beyond its name.
 
     ``pseudo_labels(t, epoch, loss)``: the pure pseudo-label function (``loss`` is the
     config's ``Loss`` section); ``None`` for the supervised baseline, which uses no unlabeled
-    data. ``needs_rep``: the teacher's rep-space predictions are computed. ``use_rep_indicator``:
-    hard anchors are chosen with the student's rep-space probabilities (else its softmax).
-    ``ramps_contrast``: the contrastive weight follows the ramp-down (else it is 1).
-    ``warms_up``: its pseudo-label function reads ``Loss.warm_up`` (epochs before it switches).
-    ``evaluates``: the network that is evaluated, saved as the result and used by
-    ``evaluate.py`` / ``predict.py``.
+    data. The other fields hold what differs between the records (each differs between at
+    least two of them); the defaults are the baselines' values:
+
+    - ``needs_rep``: the teacher's rep-space predictions are computed;
+    - ``use_rep_indicator``: hard anchors are chosen with the student's rep-space
+      probabilities (else its softmax);
+    - ``ramps_contrast``: the contrastive weight follows the ramp-down (else it is 1);
+    - ``warms_up``: the pseudo-label function switches its source at ``Loss.warm_up``
+      (the run logs the iteration where it does);
+    - ``evaluates``: the network that is the run's result (:class:`Evaluated`).
+
+    The first three are set together by the paper's two rep-space strategies today, but they
+    are separate choices of the method (the paper's baseline has none of them).
     """
 
     name: str
@@ -148,7 +164,7 @@ class Strategy:
     use_rep_indicator: bool = False
     ramps_contrast: bool = False
     warms_up: bool = False
-    evaluates: str = "teacher"
+    evaluates: Evaluated = Evaluated.TEACHER
 
     @property
     def semi_supervised(self) -> bool:
@@ -159,7 +175,7 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         # no teacher forward, so no teacher BN statistics: its student is the result
-        Strategy("supervised", None, evaluates="student"),
+        Strategy("supervised", None, evaluates=Evaluated.STUDENT),
         Strategy("ori_pseudo", ori_pseudo),
         Strategy(
             "mix_label", mix_label, needs_rep=True, use_rep_indicator=True, ramps_contrast=True
