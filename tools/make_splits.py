@@ -2,7 +2,10 @@
 
 The id pools come from the official id lists (--id-lists, default dataset/id_lists in the
 repository, so this works from a plain clone) or from a downloaded dataset (--data-root).
-Pools are sorted before drawing, so a split depends on the seed alone.
+Pools are sorted before drawing, so a split depends on the seed alone. Every fact of a
+dataset (its lists, standard counts, default folder, the ids of a downloaded copy, the lines
+of another repository's labeled.txt) comes from its entry in the registry
+(dataset/registry.py: SplitRecipe); the datasets with one:
 
 - VOC classic (92, 183, 366, 732, 1464): labeled drawn from the 1,464 train ids.
 - VOC blended (662, 1323, 2646, 5291): labeled drawn from the 10,582 train_aug ids.
@@ -29,42 +32,22 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.splits import (  # noqa: E402
-    CAMVID_SPLITS,
-    CITYSCAPES_SPLITS,
-    SEED_SPLIT,
-    VOC_BLENDED,
-    VOC_CLASSIC,
-    draw_split,
-    read_ids,
-    split_dir,
-    write_split,
-)
+from dataset.registry import DATASETS, SplitRecipe  # noqa: E402
+from dataset.splits import SEED_SPLIT, draw_split, split_dir, write_split  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ID_LISTS = REPO / "dataset" / "id_lists"  # the official id lists, shipped
-DEFAULT_OUT = {
-    "voc": REPO / "VOC_split",
-    "cityscapes": REPO / "CityScapes_split",
-    "camvid": REPO / "CamVid_split",
-}
 DEFAULT_SEED = 3407
-
-STANDARD = {
-    "voc": VOC_CLASSIC + VOC_BLENDED,
-    "cityscapes": CITYSCAPES_SPLITS,
-    "camvid": CAMVID_SPLITS,
-}
-# CamVid's validation list: its test images (default: where results are reported) or its
-# val images (for choosing a config)
-VALID_SETS = ("test", "val")
+# the datasets whose splits are drawn from published id lists (their registry entry's recipe)
+RECIPES: dict[str, SplitRecipe] = {n: s.splits for n, s in DATASETS.items() if s.splits}
+VALID_SETS = tuple(dict.fromkeys(v for r in RECIPES.values() for v in r.valid_sets))
 
 
 @dataclass(frozen=True)
@@ -97,56 +80,21 @@ def _make_pools(fine: list[str], train: list[str], val: list[str], source: Path)
     return pools
 
 
-def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str = "test") -> IdPools:
-    """Pools from the official lists ``voc_train/voc_trainaug/voc_val.txt``,
-    ``cityscapes_train/cityscapes_val.txt`` or ``camvid/{train,val,test}.txt`` (CamVid's
-    validation ids: ``valid_set``)."""
-    if dataset == "voc":
-        fine, train = read_ids(id_lists / "voc_train.txt"), read_ids(id_lists / "voc_trainaug.txt")
-        val = read_ids(id_lists / "voc_val.txt")
-    elif dataset == "camvid":
-        fine = train = read_ids(id_lists / "camvid" / "train.txt")
-        val = read_ids(id_lists / "camvid" / f"{valid_set}.txt")
-    else:
-        fine = train = read_ids(id_lists / "cityscapes_train.txt")
-        val = read_ids(id_lists / "cityscapes_val.txt")
-    return _make_pools(fine, train, val, id_lists)
+def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str | None = None) -> IdPools:
+    """Pools from the official lists named by the dataset's recipe (``voc_train.txt``, ...;
+    ``valid_set``: the validation set, default the recipe's first)."""
+    recipe = RECIPES[dataset]
+    return _make_pools(*recipe.id_lists.read(id_lists, valid_set or recipe.valid_sets[0]), id_lists)
 
 
-def _cityscapes_ids(root: Path, split: str) -> list[str]:
-    folder = root / "leftImg8bit" / split
-    suffix = "_leftImg8bit.png"
-    ids = [f"{p.parent.name}/{p.name[: -len(suffix)]}" for p in folder.glob(f"*/*{suffix}")]
-    if not ids:
-        raise UserError(f"no */*{suffix} images under {folder}")
-    return ids
-
-
-def pools_from_data_root(dataset: str, root: Path, valid_set: str = "test") -> IdPools:
-    """Pools from a downloaded dataset folder.
-
-    VOC: ``ImageSets/Segmentation/train.txt`` and ``val.txt``; train_aug = the ids of
-    ``SegmentationClassAug/*.png`` minus val. Cityscapes: ``leftImg8bit/{train,val}`` images.
-    CamVid: its list files ``train.txt`` and ``test.txt`` (or ``val.txt``: ``valid_set``).
-    """
+def pools_from_data_root(dataset: str, root: Path, valid_set: str | None = None) -> IdPools:
+    """Pools from a downloaded dataset folder, read as the dataset's recipe says (VOC: its
+    ``ImageSets/Segmentation`` lists and the ``SegmentationClassAug`` labels; Cityscapes: the
+    ``leftImg8bit/{train,val}`` images; CamVid: its list files)."""
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    if dataset == "camvid":
-        from dataset.camvid import read_list_file  # imports torch: only this path needs it
-
-        train = read_list_file(root / "train.txt")
-        return _make_pools(train, train, read_list_file(root / f"{valid_set}.txt"), root)
-    if dataset == "cityscapes":
-        train = _cityscapes_ids(root, "train")
-        return _make_pools(train, train, _cityscapes_ids(root, "val"), root)
-    sets = root / "ImageSets" / "Segmentation"
-    fine, val = read_ids(sets / "train.txt"), read_ids(sets / "val.txt")
-    aug = root / "SegmentationClassAug"
-    labels = [p.stem for p in aug.glob("*.png")]
-    if not labels:
-        raise UserError(f"no *.png labels in {aug} (needed for the train_aug ids)")
-    val_set = set(val)
-    return _make_pools(fine, [i for i in labels if i not in val_set], val, root)
+    recipe = RECIPES[dataset]
+    return _make_pools(*recipe.data_root(root, valid_set or recipe.valid_sets[0]), root)
 
 
 # --- drawing and importing -------------------------------------------------------------
@@ -166,16 +114,21 @@ def check_split(labeled: list[str], unlabeled: list[str], pool: list[str], num_l
 
 
 def scheme_of(dataset: str, num_labels: int, scheme: str) -> str:
-    """``classic`` or ``blended`` (VOC); ``auto`` picks by the standard split sizes. Other
-    datasets draw from their one training pool (``classic``: fine = train)."""
-    if dataset != "voc" or scheme != "auto":
-        return "classic" if dataset != "voc" else scheme
-    if num_labels in VOC_CLASSIC:
+    """``classic`` (labeled drawn from the fine pool) or ``blended`` (from every training id);
+    ``auto`` picks by the recipe's standard counts. A dataset whose recipe has no classic
+    counts has one training pool (fine = train)."""
+    recipe = RECIPES[dataset]
+    if not recipe.classic:
         return "classic"
-    if num_labels in VOC_BLENDED:
+    if scheme != "auto":
+        return scheme
+    if num_labels in recipe.classic:
+        return "classic"
+    if num_labels in recipe.standard:
         return "blended"
     raise UserError(
-        f"--num-labels {num_labels} is not a standard VOC split: give --scheme classic or blended"
+        f"--num-labels {num_labels} is not a standard {dataset} split: give --scheme classic "
+        "or blended"
     )
 
 
@@ -191,16 +144,10 @@ def draw(pools: IdPools, num_labels: int, seed: int, scheme: str) -> tuple[list[
 
 
 def id_from_entry(entry: str, dataset: str) -> str:
-    """The id named by the first path of a ``labeled.txt`` line (or a bare id): VOC the file
-    stem, Cityscapes and CamVid ``<parent folder>/<stem>`` (less ``_leftImg8bit``)."""
-    path = Path(entry)
-    if not path.suffix:
-        return entry
-    if dataset == "voc":
-        return path.stem
-    suffix = "_leftImg8bit"
-    name = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
-    return f"{path.parent.name}/{name}"
+    """The id named by the first path of a ``labeled.txt`` line (the recipe's parser: VOC the
+    file stem, Cityscapes and CamVid ``<parent folder>/<stem>``), or a bare id as it is."""
+    path = PurePosixPath(entry)
+    return RECIPES[dataset].entry_id(path) if path.suffix else entry
 
 
 def read_labeled_file(path: Path, dataset: str, pool: list[str]) -> list[str]:
@@ -238,7 +185,9 @@ EXAMPLES = """examples:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
-    parser.add_argument("--dataset", required=True, choices=tuple(STANDARD), help="the dataset")
+    parser.add_argument(
+        "--dataset", required=True, choices=tuple(RECIPES), help="the dataset (its registry entry)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--id-lists",
@@ -279,16 +228,17 @@ def build_parser() -> ArgumentParser:
         "--valid-set",
         choices=VALID_SETS,
         default=None,
-        help="CamVid: the validation list, its test images (default: where results are "
-        "reported) or its val images (to choose a config; write those with another --out)",
+        help="a dataset with several validation lists (CamVid: its test images, the default, "
+        "where results are reported, or its val images, to choose a config; write those with "
+        "another --out)",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="DIR",
-        help="split root, the Dataset.txt_dir of a config (default: VOC_split / "
-        "CityScapes_split / CamVid_split in the repository)",
+        help="split root, the Dataset.txt_dir of a config (default: the dataset's folder in "
+        f"the repository: {' / '.join(r.out for r in RECIPES.values())})",
     )
     parser.add_argument(
         "--import-labeled",
@@ -329,14 +279,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(
                 f"--name {SEED_SPLIT} is reserved (Dataset.split={SEED_SPLIT} means the seed's folder)"
             )
-    if args.valid_set is not None and args.dataset != "camvid":
+    valid_sets = RECIPES[args.dataset].valid_sets
+    if args.valid_set is not None and (len(valid_sets) == 1 or args.valid_set not in valid_sets):
+        several = " or ".join(n for n, r in RECIPES.items() if len(r.valid_sets) > 1)
         parser.error(
-            f"--valid-set only goes with --dataset camvid ({args.dataset} has one val set)"
+            f"--valid-set only goes with --dataset {several} ({args.dataset} has one val set)"
+            if len(valid_sets) == 1
+            else f"--valid-set {args.valid_set}: {args.dataset} has {', '.join(valid_sets)}"
         )
     if args.seed is None:
         args.seed = DEFAULT_SEED
     if args.valid_set is None:
-        args.valid_set = VALID_SETS[0]
+        args.valid_set = valid_sets[0]
     return args
 
 
@@ -368,7 +322,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         pools = pools_from_data_root(args.dataset, args.data_root, args.valid_set)
     else:
         pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS, args.valid_set)
-    out = args.out or DEFAULT_OUT[args.dataset]
+    out = args.out or REPO / RECIPES[args.dataset].out
     if args.import_labeled is not None:
         labeled = read_labeled_file(args.import_labeled, args.dataset, pools.train)
         chosen = set(labeled)
@@ -376,7 +330,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         check_split(labeled, unlabeled, pools.train, len(labeled))
         return [_write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")]
     folders = []
-    for num_labels in args.num_labels or STANDARD[args.dataset]:
+    for num_labels in args.num_labels or RECIPES[args.dataset].standard:
         scheme = scheme_of(args.dataset, num_labels, args.scheme)
         labeled, unlabeled = draw(pools, num_labels, args.seed, scheme)
         hint = "choose another --out, or move it away"
