@@ -93,11 +93,35 @@ class DatasetSpec:
     prepare: Callable[[Path], Path]
     split_command: SplitCommand
     splits: SplitRecipe | None = None
+    # split name -> the command that imports another repository's labeled.txt as that split
+    import_command: Callable[[str], str] | None = None
+    # a dataset described by its config: Dataset section -> its layout, whose ``pools()``
+    # gives (fine, train, val) ids and ``entry_id(path)`` the id of a list line's first path
+    layout: Callable[[dict], Any] | None = None
 
     @property
     def imports_labeled(self) -> bool:
         """``tools/make_splits.py --import-labeled`` reads another repository's split of it."""
-        return self.splits is not None
+        return self.import_command is not None
+
+    def classes_of(self, data: dict) -> tuple[str, ...]:
+        """The class names of a config's Dataset section: the entry's, else its ``classes``."""
+        return self.classes if self.classes is not None else tuple(data["classes"])
+
+    def pool_size_of(self, data: dict) -> int:
+        """The number of training images labeled ones can be drawn from."""
+        if self.pool_size is not None:
+            return self.pool_size
+        return len(self.layout(data).pools()[0])
+
+    def palette_of(self, data: dict) -> list[int]:
+        """768 palette values: a config's ``Dataset.palette`` (or, for colour-coded masks, its
+        ``colors``) where it has one, else the entry's."""
+        colours = data.get("palette") or data.get("colors")
+        if not colours:
+            return self.palette()
+        flat = [int(v) for rgb in colours[:256] for v in rgb]
+        return flat + [0] * (768 - len(flat))
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -148,8 +172,19 @@ def register_with_splits(
     recipe: SplitRecipe,
 ) -> DatasetSpec:
     """Register a dataset whose splits ``tools/make_splits.py --dataset name`` draws."""
+
+    def import_command(split: str) -> str:
+        return f"python tools/make_splits.py --dataset {name} --import-labeled LABELED_TXT --name {split}"
+
     spec = DatasetSpec(
-        classes, pool_size, palette, make, existing_root, make_splits_command(name, recipe), recipe
+        classes,
+        pool_size,
+        palette,
+        make,
+        existing_root,
+        make_splits_command(name, recipe),
+        recipe,
+        import_command,
     )
     return register(name, spec)
 
@@ -178,6 +213,19 @@ def _cityscapes(root, ids, mode, data, num_classes):
     return CityscapesDataset(
         root, ids, mode, split, tuple(data["crop_size"]), tuple(data["scale_size"])
     )
+
+
+def _folder(root, ids, mode, data, num_classes):
+    from dataset.folder import FolderDataset
+
+    crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
+    return FolderDataset(root, ids, mode, crop, scale, num_classes, data)
+
+
+def _folder_layout(data: dict):
+    from dataset.folder import FolderLayout
+
+    return FolderLayout(data["data_dir"], data)
 
 
 def _camvid(root, ids, mode, data, num_classes):
@@ -284,5 +332,28 @@ register_with_splits(
         data_root=_camvid_root_pools,
         entry_id=folder_stem_id,
         valid_sets=("test", "val"),
+    ),
+)
+
+# any folder of images and masks, described by its config (dataset/folder.py): classes,
+# palette and pool come from the config's Dataset keys; make_splits.py --config draws splits
+FOLDER = "folder"
+register(
+    FOLDER,
+    DatasetSpec(
+        classes=None,
+        pool_size=None,
+        palette=voc_palette,
+        make=_folder,
+        prepare=existing_root,
+        split_command=lambda txt_dir, num_labels, seed: (
+            f"python tools/make_splits.py --config CONFIG --num-labels {num_labels} --seed {seed}"
+            f" --out {txt_dir} (CONFIG: this config file)"
+        ),
+        import_command=lambda split: (
+            f"python tools/make_splits.py --config CONFIG --import-labeled LABELED_TXT --name "
+            f"{split} (CONFIG: this config file)"
+        ),
+        layout=_folder_layout,
     ),
 )

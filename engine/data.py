@@ -16,8 +16,19 @@ from utils.errors import UserError
 from utils.sampler import EpochBatchSampler
 
 
-def class_names(name: str) -> tuple[str, ...]:
-    return DATASETS[name].classes
+def class_names(cfg: dict) -> tuple[str, ...]:
+    """The class names of a config's dataset (its registry entry's, or its own)."""
+    return DATASETS[cfg["Dataset"]["name"]].classes_of(cfg["Dataset"])
+
+
+def pool_size(cfg: dict) -> int:
+    """The training images of a config's dataset that labeled ones are drawn from."""
+    return DATASETS[cfg["Dataset"]["name"]].pool_size_of(cfg["Dataset"])
+
+
+def palette(cfg: dict) -> list[int]:
+    """768 palette values for ``Image.putpalette``: the colours of a config's classes."""
+    return DATASETS[cfg["Dataset"]["name"]].palette_of(cfg["Dataset"])
 
 
 def split_name(cfg: dict) -> str:
@@ -41,10 +52,10 @@ def split_folder(cfg: dict) -> Path:
         what = f"Dataset.num_labels={data['num_labels']}, Seed={cfg['Seed']}"
     else:
         what = f"Dataset.num_labels={data['num_labels']}, Dataset.split={name}"
+        spec = DATASETS[data["name"]]
         how = (
-            "import a labeled.txt with: python tools/make_splits.py --dataset "
-            f"{data['name']} --import-labeled LABELED_TXT --name {name}"
-            if DATASETS[data["name"]].imports_labeled
+            f"import a labeled.txt with: {spec.import_command(name)}"
+            if spec.imports_labeled
             else "write its labeled / unlabeled / valid_filename.txt there"
         )
     raise UserError(f"split folder not found: {folder} ({what}); {how}")
@@ -56,9 +67,10 @@ def build_datasets(cfg: dict) -> dict[str, Dataset | None]:
     data = cfg["Dataset"]
     spec = DATASETS[data["name"]]
     num_classes = cfg["Network"]["num_class"]
-    if num_classes != len(spec.classes):
+    classes = spec.classes_of(data)
+    if num_classes != len(classes):
         raise UserError(
-            f"config key Network.num_class: got {num_classes}, expected {len(spec.classes)} "
+            f"config key Network.num_class: got {num_classes}, expected {len(classes)} "
             f"for {data['name']}"
         )
     folder = split_folder(cfg)  # before the root: cheap, and the demo root is generated

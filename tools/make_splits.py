@@ -18,6 +18,13 @@ of another repository's labeled.txt) comes from its entry in the registry
   (write those apart from the shipped splits: --out CamVid_split_val). A split root holds
   splits of one validation set only.
 
+A dataset described by its config (Dataset.name: folder, dataset/folder.py) is drawn with
+--config FILE: its training images with a mask are the labeled pool, every training image
+(and its unlabeled_dir / unlabeled_list images) the rest, its validation images valid;
+--out, --num-labels and --seed default to the config's Dataset.txt_dir, Dataset.num_labels
+and Seed. An id is the image path relative to Dataset.data_dir less its suffix, so
+--import-labeled reads UniMatch's "images/training/X.jpg annotations/training/X.png" lines.
+
 A drawn split's folder is its seed (<split> = 3407: the paper's layout, which a config
 selects with Dataset.split=seed and Seed=3407). --import-labeled FILE takes the labeled ids
 from another repository's labeled.txt (UniMatch, U2PL: "JPEGImages/<id>.jpg
@@ -150,15 +157,17 @@ def id_from_entry(entry: str, dataset: str) -> str:
     return RECIPES[dataset].entry_id(path) if path.suffix else entry
 
 
-def read_labeled_file(path: Path, dataset: str, pool: list[str]) -> list[str]:
-    """Ids of a ``labeled.txt``; each must be a training id, none twice."""
+def read_labeled_file(path: Path, dataset: str, pool: list[str], entry_id=None) -> list[str]:
+    """Ids of a ``labeled.txt`` (each line's first path read by ``entry_id``, default the
+    dataset's recipe); each must be a training id, none twice."""
+    entry_id = entry_id or (lambda entry: id_from_entry(entry, dataset))
     if not path.is_file():
         raise UserError(f"--import-labeled file not found: {path}")
     pool_set, seen = set(pool), set()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        image_id = id_from_entry(line.split()[0], dataset)
+        image_id = entry_id(line.split()[0])
         if image_id not in pool_set:
             raise UserError(f"{path}:{line_no}: id {image_id} is not in the {dataset} training ids")
         if image_id in seen:
@@ -180,13 +189,27 @@ EXAMPLES = """examples:
       # validate on CamVid's val images to choose a config: Dataset.txt_dir=CamVid_split_val
   python tools/make_splits.py --dataset voc --import-labeled splits/pascal/662/labeled.txt --name unimatch
       # then train on it with: Dataset.num_labels=662 Dataset.split=unimatch (any Seed)
+  python tools/make_splits.py --config my.yaml --num-labels 20 --seed 1
+      # a folder dataset (Dataset.name: folder): 20 of its images with masks, into its txt_dir
+  python tools/make_splits.py --config configs/ade20k.yaml --import-labeled labeled.txt --name unimatch
+      # "images/training/X.jpg annotations/training/X.png" lines (UniMatch-V2, SemiVL)
 """
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
-    parser.add_argument(
-        "--dataset", required=True, choices=tuple(RECIPES), help="the dataset (its registry entry)"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--dataset", choices=tuple(RECIPES), help="a dataset with published id lists"
+    )
+    which.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a dataset described by its config (Dataset.name: folder): its ids come from its "
+        "folders or list files; the defaults of --out, --num-labels and --seed are its "
+        "Dataset.txt_dir, Dataset.num_labels and Seed",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -279,6 +302,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(
                 f"--name {SEED_SPLIT} is reserved (Dataset.split={SEED_SPLIT} means the seed's folder)"
             )
+    if args.config is not None:
+        for flag in ("id_lists", "data_root", "valid_set"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} does not go with --config")
+        return args  # the defaults come from the config (run)
     valid_sets = RECIPES[args.dataset].valid_sets
     if args.valid_set is not None and (len(valid_sets) == 1 or args.valid_set not in valid_sets):
         several = " or ".join(n for n, r in RECIPES.items() if len(r.valid_sets) > 1)
@@ -316,22 +344,64 @@ def _write_new(out: Path, folder: str | int, labeled, unlabeled, valid, hint: st
     return write_split(out, len(labeled), folder, labeled, unlabeled, valid)
 
 
+def from_config(args: argparse.Namespace) -> tuple[IdPools, Path, object]:
+    """``--config``: the pools of a dataset described by its config, its split root, and the
+    reader of labeled.txt lines; ``--num-labels`` and ``--seed`` default to the config's.
+    A dataset with published id lists is drawn as with ``--dataset``."""
+    from engine.config import load_config  # imports torch: only this path needs it
+    from engine.data import DATASETS
+
+    cfg = load_config(args.config)
+    data = cfg["Dataset"]
+    spec = DATASETS[data["name"]]
+    if args.import_labeled is None:
+        args.num_labels = args.num_labels or [data["num_labels"]]
+        args.seed = cfg["Seed"] if args.seed is None else args.seed
+    out = args.out or Path(data["txt_dir"])
+    if spec.splits is not None:
+        args.dataset, args.valid_set = data["name"], spec.splits.valid_sets[0]
+        return pools_from_id_lists(args.dataset, DEFAULT_ID_LISTS), out, None
+    if spec.layout is None:
+        raise UserError(
+            f"{args.config}: the splits of {data['name']} are drawn with: "
+            + spec.split_command(data["txt_dir"], data["num_labels"], cfg["Seed"])
+        )
+    layout = spec.layout(data)
+    return _make_pools(*layout.pools(), Path(data["data_dir"])), out, layout.entry_id
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Write the requested splits; return their folders."""
+    if args.config is not None:
+        pools, out, entry_id = from_config(args)
+        if args.import_labeled is None:
+            return draw_all(args, pools, out)
+        return [import_labeled(args, pools, out, entry_id)]
     if args.data_root is not None:
         pools = pools_from_data_root(args.dataset, args.data_root, args.valid_set)
     else:
         pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS, args.valid_set)
     out = args.out or REPO / RECIPES[args.dataset].out
     if args.import_labeled is not None:
-        labeled = read_labeled_file(args.import_labeled, args.dataset, pools.train)
-        chosen = set(labeled)
-        unlabeled = [i for i in pools.train if i not in chosen]
-        check_split(labeled, unlabeled, pools.train, len(labeled))
-        return [_write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")]
+        return [import_labeled(args, pools, out)]
+    return draw_all(args, pools, out)
+
+
+def import_labeled(args: argparse.Namespace, pools: IdPools, out: Path, entry_id=None) -> Path:
+    """The split ``--name`` of the labeled ids in ``--import-labeled``."""
+    what = args.dataset or str(args.config)
+    labeled = read_labeled_file(args.import_labeled, what, pools.train, entry_id)
+    chosen = set(labeled)
+    unlabeled = [i for i in pools.train if i not in chosen]
+    check_split(labeled, unlabeled, pools.train, len(labeled))
+    return _write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")
+
+
+def draw_all(args: argparse.Namespace, pools: IdPools, out: Path) -> list[Path]:
+    """The splits of ``--num-labels`` (default: the standard counts) drawn with ``--seed``."""
     folders = []
     for num_labels in args.num_labels or RECIPES[args.dataset].standard:
-        scheme = scheme_of(args.dataset, num_labels, args.scheme)
+        scheme = scheme_of(args.dataset, num_labels, args.scheme) if args.dataset else "classic"
         labeled, unlabeled = draw(pools, num_labels, args.seed, scheme)
         hint = "choose another --out, or move it away"
         folders.append(_write_new(out, args.seed, labeled, unlabeled, pools.val, hint))
