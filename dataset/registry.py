@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dataset.classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+from dataset.classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, COCOSTUFF_CLASSES, VOC_CLASSES
 from dataset.palette import camvid_palette, cityscapes_palette, voc_palette
 from dataset.splits import CAMVID_SPLITS, CITYSCAPES_SPLITS, VOC_BLENDED, VOC_CLASSIC, read_ids
 from utils.errors import UserError
@@ -59,14 +59,15 @@ class SplitRecipe:
     ``out``: the default split root (relative to the repository); ``standard``: the label
     counts drawn when none is given; ``classic``: those of them drawn from the ``fine`` pool
     under ``--scheme auto`` (VOC's 92 ... 1464; the others from ``train``: blended; empty
-    where fine = train); ``id_lists``: the shipped lists; ``data_root(root, valid_set)``: the
+    where fine = train); ``id_lists``: the shipped lists (None where they cannot be known
+    without the data); ``data_root(root, valid_set)``: the
     pools of a downloaded copy; ``entry_id``: the id named by the first path of another
     repository's ``labeled.txt`` line; ``valid_sets``: the validation sets a split can use,
     the first the default (CamVid: test, where results are reported, or val)."""
 
     out: str
     standard: tuple[int, ...]
-    id_lists: IdLists
+    id_lists: IdLists | None  # None: not known without the data (--data-root)
     data_root: Callable[[Path, str], Pools]
     entry_id: Callable[[PurePosixPath], str]
     classic: tuple[int, ...] = ()
@@ -155,9 +156,10 @@ def make_splits_command(name: str, recipe: SplitRecipe) -> SplitCommand:
         if recipe.classic and num_labels not in recipe.standard:
             scheme = " --scheme " + recipe.scheme(num_labels)
         out = out_flag("--out", txt_dir, REPO / recipe.out)
+        root = " --data-root DATA_DIR" if recipe.id_lists is None else ""  # Dataset.data_dir
         return (
             f"python tools/make_splits.py --dataset {name} --num-labels {num_labels} "
-            f"--seed {seed}{scheme}{out}"
+            f"--seed {seed}{scheme}{root}{out}"
         )
 
     return command
@@ -228,6 +230,13 @@ def _folder_layout(data: dict):
     return FolderLayout(data["data_dir"], data)
 
 
+def _cocostuff(root, ids, mode, data, num_classes):
+    from dataset.cocostuff import CocoStuffDataset
+
+    crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
+    return CocoStuffDataset(root, ids, mode, crop, scale)
+
+
 def _camvid(root, ids, mode, data, num_classes):
     from dataset.camvid import CamVidDataset
 
@@ -271,6 +280,12 @@ def _camvid_root_pools(root: Path, valid_set: str) -> Pools:
 
     train = read_list_file(root / "train.txt")
     return train, train, read_list_file(root / f"{valid_set}.txt")
+
+
+def _cocostuff_root_pools(root: Path, valid_set: str) -> Pools:
+    """Its ``imageLists/train.txt`` and ``test.txt`` (image names)."""
+    train = read_ids(root / "imageLists" / "train.txt")
+    return train, train, read_ids(root / "imageLists" / "test.txt")
 
 
 def stem_id(path: PurePosixPath) -> str:
@@ -332,6 +347,24 @@ register_with_splits(
         data_root=_camvid_root_pools,
         entry_id=folder_stem_id,
         valid_sets=("test", "val"),
+    ),
+)
+# COCO-Stuff-10K (dataset/cocostuff.py): its 182 stored ids map to 171 classes; labeled
+# drawn from the 9,000 train images (1/16 ... 1/2: 563, 1125, 2250, 4500), validated on the
+# 1,000 test images. Its image lists are not shipped: --data-root reads its imageLists/.
+register_with_splits(
+    "cocostuff10k",
+    COCOSTUFF_CLASSES,
+    9000,
+    voc_palette,
+    _cocostuff,
+    SplitRecipe(
+        out="COCOStuff10k_split",
+        standard=(563, 1125, 2250, 4500),
+        id_lists=None,
+        data_root=_cocostuff_root_pools,
+        entry_id=stem_id,
+        valid_sets=("test",),
     ),
 )
 

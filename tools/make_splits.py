@@ -12,6 +12,9 @@ of another repository's labeled.txt) comes from its entry in the registry
   In both, unlabeled = the train_aug ids that are not labeled; valid = the val ids.
 - Cityscapes (186, 372, 744, 1488): labeled drawn from the 2,975 train ids, unlabeled the
   rest; valid = the 500 val ids.
+- COCO-Stuff-10K (563, 1125, 2250, 4500: 1/16 ... 1/2): labeled drawn from the 9,000 train
+  images of its imageLists/train.txt, unlabeled the rest; valid = its 1,000 test images.
+  Its lists do not ship: --data-root.
 - CamVid (23, 46, 92, 367): labeled drawn from the 367 train ids (train/0001TP_006690),
   unlabeled the rest (none for 367: supervised.py only); valid = the 233 test ids, where
   results are reported, or with --valid-set val the 101 val ids, for choosing a config
@@ -91,6 +94,11 @@ def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str | None = No
     """Pools from the official lists named by the dataset's recipe (``voc_train.txt``, ...;
     ``valid_set``: the validation set, default the recipe's first)."""
     recipe = RECIPES[dataset]
+    if recipe.id_lists is None:
+        raise UserError(
+            f"no id lists of {dataset} ship with the repository (they are not known without "
+            "the data): give --data-root, the downloaded dataset"
+        )
     return _make_pools(*recipe.id_lists.read(id_lists, valid_set or recipe.valid_sets[0]), id_lists)
 
 
@@ -200,7 +208,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--dataset", choices=tuple(RECIPES), help="a dataset with published id lists"
+        "--dataset", choices=tuple(RECIPES), help="a dataset with a reader of its own"
     )
     which.add_argument(
         "--config",
