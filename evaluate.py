@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_dist():
             torch.distributed.destroy_process_group()
     if reports:  # one process prints the table and writes the JSON
-        names = class_names(cfg["Dataset"]["name"])
+        names = class_names(cfg)
         iou = cm.iou()
         print(format_table(iou, names))
         out = (

@@ -20,7 +20,7 @@ from PIL import Image
 
 from dataset.base import read_image
 from dataset.transforms import normalize
-from engine.data import DATASETS
+from engine.data import palette
 from engine.evaluation import EVAL_MODES, predict
 from engine.run import (
     build_network_for_eval,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         load_weights(model, state[which], f"{args.checkpoint} ({which})")
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        palette = DATASETS[cfg["Dataset"]["name"]].palette()
+        colours = palette(cfg)
         for f in files:
             img = read_image(f)  # uint8 [3,H,W]; a bad file is a UserError naming it
             probs = predict(
@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             mask = probs.max(1).indices[0].to(torch.uint8).cpu().numpy()
             png = Image.fromarray(mask, mode="P")
-            png.putpalette(palette)
+            png.putpalette(colours)
             png.save(out / f"{f.stem}.png")
             rgb = img.permute(1, 2, 0).numpy()
-            overlay(rgb, mask, palette, args.alpha).save(out / f"{f.stem}_overlay.jpg", quality=92)
+            overlay(rgb, mask, colours, args.alpha).save(out / f"{f.stem}_overlay.jpg", quality=92)
         print(f"wrote {len(files)} mask(s) and overlay(s) to {out}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The reading and item building shared by the segmentation datasets.
 
 A subclass resolves paths (:meth:`SegDataset.image_path`, :meth:`SegDataset.label_path`)
-and may decode labels (:meth:`SegDataset.decode_label`); everything else lives here.
+and may read and decode labels (:meth:`SegDataset.read_label`,
+:meth:`SegDataset.decode_label`); everything else lives here.
 
 An item is ``{"img": uint8 [3, H, W], "label": int64 [H, W] (ignore -1), "name": str}``;
 unlabeled items have no ``"label"``. ``dataset[i]`` uses torch's default generator,
@@ -125,6 +126,11 @@ class SegDataset(Dataset):
         """Path of the label PNG of id ``name``."""
         raise NotImplementedError
 
+    def read_label(self, path: Path) -> np.ndarray:
+        """The stored values of the label file ``path`` ``[H, W]``. Default: a palette (P) or
+        8-bit greyscale (L) PNG."""
+        return read_label_array(path)
+
     def decode_label(self, arr: np.ndarray, path: Path) -> np.ndarray:
         """Stored label values -> train ids (255 = ignore), checked. Default: stored as is."""
         check_label_values(arr, self.num_classes, path)
@@ -135,7 +141,7 @@ class SegDataset(Dataset):
     def load_label(self, name: str, size_hw: tuple[int, int]) -> Tensor:
         """Read, decode and check the label of ``name``; it must be ``size_hw`` large."""
         path = self.label_path(name)
-        arr = read_label_array(path)
+        arr = self.read_label(path)
         if arr.shape != tuple(size_hw):
             raise UserError(
                 f"label {path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image is "

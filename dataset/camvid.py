@@ -31,22 +31,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from dataset.base import SegDataset, check_label_values
+from dataset.classes import CAMVID_CLASSES
 from utils.errors import UserError
 from utils.labels import IGNORE_VALUE
 
-CAMVID_CLASSES = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "sign symbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
-)
 CAMVID_VOID = 11  # the stored value of void pixels (SegNet's ignore_label)
 CAMVID_SETS = ("train", "val", "test")  # image folders; labels in <folder>annot/
 LABEL_FOLDER_SUFFIX = "annot"

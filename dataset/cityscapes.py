@@ -13,30 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from dataset.base import SegDataset
+from dataset.classes import CITYSCAPES_CLASSES
 from utils.errors import UserError
 from utils.labels import IGNORE_VALUE
-
-CITYSCAPES_CLASSES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
 
 # label ids of the 19 evaluated classes, in train id order
 TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)

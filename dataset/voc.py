@@ -13,32 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from dataset.base import SegDataset, check_label_values
+from dataset.classes import VOC_CLASSES  # noqa: F401  (re-exported)
 from dataset.palette import voc_palette  # noqa: F401  (re-exported)
 from utils.labels import IGNORE_VALUE
-
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 
 class VOCDataset(SegDataset):

@@ -20,26 +20,38 @@ from typing import Any
 import yaml
 
 from dataset.batch_augment import MIX_MODES
+from dataset.folder import LABEL_FORMATS
+from dataset.registry import FOLDER
 from dataset.splits import SEED_SPLIT
 from engine.data import DATASETS
 from engine.evaluation import EVAL_MODES
 from network import BACKBONES
 from utils.command_line import ArgumentParser, did_you_mean
 from utils.errors import UserError
+from utils.labels import IGNORE_VALUE
 from utils.losses import SUP_LOSSES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"  # what the entry scripts run without --config
 
 
+REQUIRED = object()  # Key.default of a key that must be given
+
+
 @dataclass(frozen=True)
 class Key:
-    """Schema entry: the expected kind of value and a range check."""
+    """Schema entry: the expected kind of value and a range check.
 
-    kind: str  # "int", "float", "bool", "str", "int2", "float2"
+    ``dataset``: the ``Dataset.name`` that reads the key (``folder``): a config of another
+    dataset must leave it out, and a config of that one may, where it has a ``default``
+    (filled in). Keys without ``dataset`` are read by every config and required."""
+
+    kind: str  # "int", "float", "bool", "str", "int2", "float2", "strs", "colours"
     check: Callable[[Any], bool] = lambda v: True
     expect: str = ""
     doc: str = ""
+    dataset: str = ""
+    default: Any = REQUIRED
 
 
 def _unit(v: float) -> bool:
@@ -54,12 +66,36 @@ def _nonneg(v: float) -> bool:
     return v >= 0
 
 
+def _byte(v: int) -> bool:
+    return 0 <= v <= 255
+
+
+def _unique(v: list) -> bool:
+    return len(set(v)) == len(v)
+
+
+def _suffix(v: str) -> bool:
+    return "/" not in v and "\\" not in v
+
+
 def _folder_name(v: str) -> bool:
     return v not in ("", ".", "..") and "/" not in v and "\\" not in v
 
 
 def _choice(options: Sequence[str]) -> Callable[[Any], bool]:
     return lambda v: v in options
+
+
+def _folder(kind: str, doc: str, default: Any = REQUIRED, check=lambda v: True, expect=""):
+    """A key of the generic ``folder`` dataset (``dataset/folder.py``): left out elsewhere."""
+    return Key(kind, check, expect, doc, dataset=FOLDER, default=default)
+
+
+def _relative(v: str) -> bool:
+    return not Path(v).is_absolute() and ".." not in Path(v).parts
+
+
+_INSIDE = "a folder inside Dataset.data_dir ('' = none)"
 
 
 SCHEMA: dict[str, Any] = {
@@ -116,6 +152,44 @@ SCHEMA: dict[str, Any] = {
             "mixing of the unlabeled batch",
         ),
         "num_workers": Key("int", _nonneg, ">= 0", "data loader workers per process"),
+        # the generic dataset of a folder of images and masks (Dataset.name: folder); folders
+        # are relative to Dataset.data_dir, list files to the working directory
+        "classes": _folder(
+            "strs",
+            "class names, index = class id (Network.num_class of them)",
+            check=_unique,
+            expect="a list of distinct class names",
+        ),
+        "image_dir": _folder("str", "training images (nested folders)", "", _relative, _INSIDE),
+        "label_dir": _folder("str", "their masks, the same relative paths", "", _relative, _INSIDE),
+        "train_list": _folder("str", "instead of the folders: a file of 'image [label]' lines", ""),
+        "unlabeled_dir": _folder(
+            "str", "more training images without masks", "", _relative, _INSIDE
+        ),
+        "unlabeled_list": _folder("str", "or a file of such image paths, one a line", ""),
+        "val_image_dir": _folder("str", "validation images", "", _relative, _INSIDE),
+        "val_label_dir": _folder("str", "their masks", "", _relative, _INSIDE),
+        "val_list": _folder("str", "instead of the folders: a file of 'image label' lines", ""),
+        "image_suffix": _folder(
+            "str", "image file ending ('' = .jpg, .jpeg or .png)", "", _suffix, "'' or e.g. .jpg"
+        ),
+        "label_suffix": _folder(
+            "str", "mask file ending, e.g. _mask.png", ".png", _suffix, "e.g. .png"
+        ),
+        "label_format": _folder(
+            "str",
+            "masks: index (grey values), palette (P-mode indices), rgb (colours in Dataset.colors)",
+            "index",
+            _choice(LABEL_FORMATS),
+            f"one of {', '.join(LABEL_FORMATS)}",
+        ),
+        "colors": _folder("colours", "label_format rgb: the [r, g, b] of each class", []),
+        "ignore_colors": _folder("colours", "label_format rgb: colours read as ignore", []),
+        "ignore_index": _folder(
+            "int", "stored value of ignored pixels", IGNORE_VALUE, _byte, "in 0..255"
+        ),
+        "reduce_zero_label": _folder("bool", "stored 0 -> ignore, the others one lower", False),
+        "palette": _folder("colours", "colours of predicted masks ([] = VOC's or colors)", []),
     },
     "Loss": {
         "sup_loss": Key("str", _choice(SUP_LOSSES), "ce or ohem", "supervised loss"),
@@ -208,6 +282,12 @@ def _coerce(key: str, spec: Key, value: Any) -> Any:
         if not isinstance(value, str):
             raise _fail(key, value, "a string")
         return value
+    if kind == "strs":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise _fail(key, value, "a list of names")
+        return list(value)
+    if kind == "colours":
+        return _colours(key, value)
     if kind in ("int2", "float2"):
         if not isinstance(value, list) or len(value) != 2:
             raise _fail(key, value, "a list of two numbers")
@@ -217,6 +297,25 @@ def _coerce(key: str, spec: Key, value: Any) -> Any:
             return list(value)
         return [_to_float(key, v) for v in value]
     raise AssertionError(kind)
+
+
+def _colours(key: str, value: Any) -> list[list[int]]:
+    """``[[r, g, b], ...]`` or a flat ``[r, g, b, r, g, b, ...]`` -> ``[[r, g, b], ...]``."""
+    expect = "a list of [r, g, b] (or a flat list r, g, b, r, g, b, ...) of ints 0..255"
+    if not isinstance(value, list):
+        raise _fail(key, value, expect)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if len(value) % 3:
+            raise _fail(key, value, expect)
+        value = [value[i : i + 3] for i in range(0, len(value), 3)]
+    for rgb in value:
+        if (
+            not isinstance(rgb, list)
+            or len(rgb) != 3
+            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in rgb)
+        ):
+            raise _fail(key, rgb, expect)
+    return [list(rgb) for rgb in value]
 
 
 def _to_float(key: str, value: Any) -> float:
@@ -299,8 +398,18 @@ def validate(cfg: Any, source: str = "config") -> dict:
             raise _fail(name, value, "a section (mapping)")
         section = {}
         for key, kspec in spec.items():
+            if kspec.dataset and kspec.dataset != section.get("name"):
+                if key in value:
+                    raise UserError(
+                        f"{source}: key {name}.{key} is read with Dataset.name "
+                        f"{kspec.dataset} only (this config names {section.get('name')})"
+                    )
+                continue
             if key not in value:
-                raise UserError(f"{source}: missing key {name}.{key}")
+                if kspec.default is REQUIRED:
+                    raise UserError(f"{source}: missing key {name}.{key}")
+                section[key] = copy.deepcopy(kspec.default)
+                continue
             section[key] = _check(f"{name}.{key}", kspec, value[key])
         out[name] = section
     _check_relations(out)
@@ -325,8 +434,10 @@ def _check_relations(cfg: dict) -> None:
             "config key Network.pretrained: got '', expected a local weights file "
             "(or set Network.random_init=true to train from scratch)"
         )
-    pool = DATASETS[data["name"]].pool_size
-    if data["num_labels"] > pool:
+    if data["name"] == FOLDER:
+        _check_folder(data, net["num_class"])
+    pool = DATASETS[data["name"]].pool_size  # None: counted from the data
+    if pool is not None and data["num_labels"] > pool:
         raise _fail(
             "Dataset.num_labels", data["num_labels"], f"<= {pool} (the {data['name']} pool)"
         )
@@ -334,6 +445,46 @@ def _check_relations(cfg: dict) -> None:
         raise _fail("Ramp_Scheduler.max_epoch", ramp["max_epoch"], "> Ramp_Scheduler.begin_epoch")
     if ramp["min_value"] > ramp["max_value"]:
         raise _fail("Ramp_Scheduler.min_value", ramp["min_value"], "<= Ramp_Scheduler.max_value")
+
+
+def _check_folder(data: dict, num_class: int) -> None:
+    """The keys of a ``folder`` dataset fit together (each error names a key)."""
+    classes = len(data["classes"])
+    if num_class != classes:
+        raise _fail("Network.num_class", num_class, f"{classes}, the number of Dataset.classes")
+    for images, masks, listed in (
+        ("image_dir", "label_dir", "train_list"),
+        ("val_image_dir", "val_label_dir", "val_list"),
+    ):
+        if bool(data[images]) == bool(data[listed]):
+            raise _fail(
+                f"Dataset.{images}", data[images], f"a folder or Dataset.{listed}, one of them"
+            )
+        if bool(data[images]) != bool(data[masks]):
+            raise _fail(f"Dataset.{masks}", data[masks], f"a folder, with Dataset.{images}")
+    if data["unlabeled_dir"] and data["unlabeled_list"]:
+        raise _fail("Dataset.unlabeled_list", data["unlabeled_list"], "'' with unlabeled_dir")
+    stored = range(1, classes + 1) if data["reduce_zero_label"] else range(classes)
+    if data["ignore_index"] in stored:
+        what = f"{stored.start}..{stored.stop - 1}" + (
+            " (reduce_zero_label)" if data["reduce_zero_label"] else ""
+        )
+        raise _fail("Dataset.ignore_index", data["ignore_index"], f"a value outside {what}")
+    rgb = data["label_format"] == "rgb"
+    stored_classes = classes + int(data["reduce_zero_label"])
+    if rgb and len(data["colors"]) != stored_classes:
+        raise _fail(
+            "Dataset.colors",
+            data["colors"],
+            f"{stored_classes} colours, one per class"
+            + (" (the first read as 0: ignore)" if data["reduce_zero_label"] else ""),
+        )
+    for key in ("colors", "ignore_colors"):
+        if data[key] and not rgb:
+            raise _fail(f"Dataset.{key}", data[key], "[] (read with label_format rgb only)")
+    colours = [tuple(c) for c in data["colors"] + data["ignore_colors"]]
+    if len(set(colours)) != len(colours):
+        raise _fail("Dataset.colors", data["colors"], "distinct colours (ignore_colors too)")
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -377,6 +528,10 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
                 raise UserError(f"override {item!r}: unknown section {part!r}{hint}")
             node = node[part]
         leaf = parts[-1]
+        section = SCHEMA.get(parts[0]) if len(parts) == 2 else None
+        spec = section.get(leaf) if isinstance(section, dict) else None
+        if isinstance(node, dict) and leaf not in node and spec and spec.default is not REQUIRED:
+            node[leaf] = copy.deepcopy(spec.default)  # left out of the file: its default
         if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
             hint = did_you_mean(dotted, all_keys())
             raise UserError(f"override {item!r}: unknown key {dotted!r}{hint}")

@@ -1,157 +1,34 @@
-"""The datasets a config can name (one registry) and the loaders that feed the training loop."""
+"""The datasets of a config (from the one registry, ``dataset/registry.py``) and the loaders
+that feed the training loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.camvid import CAMVID_CLASSES, CamVidDataset
-from dataset.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
-from dataset.palette import camvid_palette, cityscapes_palette, voc_palette
-from dataset.splits import SEED_SPLIT, VOC_BLENDED, VOC_CLASSIC, read_split, split_dir
-from dataset.voc import VOC_CLASSES, VOCDataset
-from demo.fashion_scenes import (
-    DEFAULT_TXT_DIR,
-    FASHION6_CLASSES,
-    FASHION6_MAP,
-    FASHION_CLASSES,
-    NUM_TRAIN,
-    ensure_fashion_scenes,
-)
+import demo.datasets  # noqa: F401  (registers the embedded demo data)
+from dataset.registry import DATASETS
+from dataset.splits import SEED_SPLIT, read_split, split_dir
 from utils.errors import UserError
 from utils.sampler import EpochBatchSampler
 
-# (root, ids, mode, crop_size, scale_size, num_classes) -> dataset of one mode
-MakeDataset = Callable[[Path, list, str, tuple, tuple, int], Dataset]
-# (txt_dir, num_labels, seed) -> the command line that draws that split
-SplitCommand = Callable[[str, int, int], str]
 
-REPO = Path(__file__).resolve().parents[1]
+def class_names(cfg: dict) -> tuple[str, ...]:
+    """The class names of a config's dataset (its registry entry's, or its own)."""
+    return DATASETS[cfg["Dataset"]["name"]].classes_of(cfg["Dataset"])
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset: its classes, the pool labeled images are drawn from, its palette, how to
-    read one mode of it, how to make its root ready (check it, or generate the demo), the
-    command that draws a missing split, and whether ``tools/make_splits.py --import-labeled``
-    reads another repository's split of it."""
-
-    classes: tuple[str, ...]
-    pool_size: int  # training images the labeled ones are drawn from (VOC: train_aug)
-    palette: Callable[[], list[int]]
-    make: MakeDataset
-    prepare: Callable[[Path], Path]
-    split_command: SplitCommand
-    imports_labeled: bool = False
+def pool_size(cfg: dict) -> int:
+    """The training images of a config's dataset that labeled ones are drawn from."""
+    return DATASETS[cfg["Dataset"]["name"]].pool_size_of(cfg["Dataset"])
 
 
-def existing_root(root: Path) -> Path:
-    if not root.is_dir():
-        raise UserError(f"config key Dataset.data_dir: dataset root not found: {root}")
-    return root
-
-
-def _voc(root, ids, mode, crop, scale, num_classes) -> Dataset:
-    return VOCDataset(root, ids, mode, crop, scale, num_classes)
-
-
-def _camvid(root, ids, mode, crop, scale, num_classes) -> Dataset:
-    return CamVidDataset(root, ids, mode, crop, scale)
-
-
-def _fashion6(root, ids, mode, crop, scale, num_classes) -> Dataset:
-    return VOCDataset(root, ids, mode, crop, scale, num_classes, label_map=FASHION6_MAP)
-
-
-def _cityscapes(root, ids, mode, crop, scale, num_classes) -> Dataset:
-    return CityscapesDataset(root, ids, mode, "val" if mode == "valid" else "train", crop, scale)
-
-
-def _out_flag(flag: str, txt_dir: str, default: Path) -> str:
-    """`` --out DIR`` unless ``txt_dir`` is the tool's default folder."""
-    same = Path(txt_dir).expanduser().resolve() == default.resolve()
-    return "" if same else f" {flag} {txt_dir}"
-
-
-def _make_splits(dataset: str, default_dir: str) -> SplitCommand:
-    def command(txt_dir: str, num_labels: int, seed: int) -> str:
-        scheme = ""
-        if dataset == "voc" and num_labels not in VOC_CLASSIC + VOC_BLENDED:
-            scheme = " --scheme " + ("classic" if num_labels <= max(VOC_CLASSIC) else "blended")
-        out = _out_flag("--out", txt_dir, REPO / default_dir)
-        return (
-            f"python tools/make_splits.py --dataset {dataset} --num-labels {num_labels} "
-            f"--seed {seed}{scheme}{out}"
-        )
-
-    return command
-
-
-def _fashion_splits(txt_dir: str, num_labels: int, seed: int) -> str:
-    out = _out_flag("--txt-dir", txt_dir, DEFAULT_TXT_DIR)
-    return (
-        f"python -m demo.fashion_scenes --write-splits --num-labels {num_labels} "
-        f"--seeds {seed}{out}"
-    )
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "voc": DatasetSpec(
-        VOC_CLASSES,
-        10582,
-        voc_palette,
-        _voc,
-        existing_root,
-        _make_splits("voc", "VOC_split"),
-        imports_labeled=True,
-    ),
-    "cityscapes": DatasetSpec(
-        CITYSCAPES_CLASSES,
-        2975,
-        cityscapes_palette,
-        _cityscapes,
-        existing_root,
-        _make_splits("cityscapes", "CityScapes_split"),
-        imports_labeled=True,
-    ),
-    # the SegNet release (dataset/camvid.py): labeled drawn from the 367 train images,
-    # validated on the 233 test images (the 101 val images choose the config)
-    "camvid": DatasetSpec(
-        CAMVID_CLASSES,
-        367,
-        camvid_palette,
-        _camvid,
-        existing_root,
-        _make_splits("camvid", "CamVid_split"),
-        imports_labeled=True,
-    ),
-    # the embedded demo, generated on first use in the VOC layout: v1 (10 garments) and v2
-    # (the default: the same scenes with 6 classes, see demo/fashion_scenes.py)
-    "fashionscenes": DatasetSpec(
-        FASHION_CLASSES,
-        NUM_TRAIN,
-        voc_palette,
-        _voc,
-        lambda root: ensure_fashion_scenes(root),
-        _fashion_splits,
-    ),
-    "fashionscenes6": DatasetSpec(
-        FASHION6_CLASSES,
-        NUM_TRAIN,
-        voc_palette,
-        _fashion6,
-        lambda root: ensure_fashion_scenes(root),
-        _fashion_splits,
-    ),
-}
-
-
-def class_names(name: str) -> tuple[str, ...]:
-    return DATASETS[name].classes
+def palette(cfg: dict) -> list[int]:
+    """768 palette values for ``Image.putpalette``: the colours of a config's classes."""
+    return DATASETS[cfg["Dataset"]["name"]].palette_of(cfg["Dataset"])
 
 
 def split_name(cfg: dict) -> str:
@@ -175,10 +52,10 @@ def split_folder(cfg: dict) -> Path:
         what = f"Dataset.num_labels={data['num_labels']}, Seed={cfg['Seed']}"
     else:
         what = f"Dataset.num_labels={data['num_labels']}, Dataset.split={name}"
+        spec = DATASETS[data["name"]]
         how = (
-            "import a labeled.txt with: python tools/make_splits.py --dataset "
-            f"{data['name']} --import-labeled LABELED_TXT --name {name}"
-            if DATASETS[data["name"]].imports_labeled
+            f"import a labeled.txt with: {spec.import_command(name)}"
+            if spec.imports_labeled
             else "write its labeled / unlabeled / valid_filename.txt there"
         )
     raise UserError(f"split folder not found: {folder} ({what}); {how}")
@@ -190,9 +67,10 @@ def build_datasets(cfg: dict) -> dict[str, Dataset | None]:
     data = cfg["Dataset"]
     spec = DATASETS[data["name"]]
     num_classes = cfg["Network"]["num_class"]
-    if num_classes != len(spec.classes):
+    classes = spec.classes_of(data)
+    if num_classes != len(classes):
         raise UserError(
-            f"config key Network.num_class: got {num_classes}, expected {len(spec.classes)} "
+            f"config key Network.num_class: got {num_classes}, expected {len(classes)} "
             f"for {data['name']}"
         )
     folder = split_folder(cfg)  # before the root: cheap, and the demo root is generated
@@ -203,9 +81,8 @@ def build_datasets(cfg: dict) -> dict[str, Dataset | None]:
             f"expected {data['num_labels']}"
         )
     root = Path(spec.prepare(Path(data["data_dir"]).expanduser()))
-    crop, scale = tuple(data["crop_size"]), tuple(data["scale_size"])
     return {
-        mode: spec.make(root, ids[mode], mode, crop, scale, num_classes) if ids[mode] else None
+        mode: spec.make(root, ids[mode], mode, data, num_classes) if ids[mode] else None
         for mode in ("labeled", "unlabeled", "valid")
     }
 

@@ -345,7 +345,7 @@ def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict
     """The per-class table of the final network, and the run's summary."""
     cfg = run.cfg
     miou, iou = last_eval if last_eval is not None else run_eval(run)
-    names = class_names(cfg["Dataset"]["name"])
+    names = class_names(cfg)
     log.info(
         "final evaluation of the %s:\n%s", run.strategy.evaluates.value, format_table(iou, names)
     )

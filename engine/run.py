@@ -48,6 +48,12 @@ RESUME_FIXED = (
 RESUME_FREE = (
     "Dataset.data_dir",
     "Dataset.txt_dir",
+    # a folder dataset's folders, list files, file endings and display colours
+    *(
+        f"Dataset.{key}"
+        for key in ("image_dir", "label_dir", "train_list", "unlabeled_dir", "unlabeled_list")
+        + ("val_image_dir", "val_label_dir", "val_list", "image_suffix", "label_suffix", "palette")
+    ),
     "Dataset.num_workers",
     "Network.pretrained",
     "Network.random_init",

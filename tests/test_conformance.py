@@ -93,3 +93,33 @@ def test_voc_palette_masks_read_as_their_indices(tmp_path):
         assert np.array_equal(item["label"].numpy(), expected)
         assert item["img"].shape[-2:] == expected.shape
         assert set(np.unique(expected)) - {IGNORE_INDEX} <= set(range(21))
+
+
+@needs_fixtures
+def test_voc_palette_masks_read_by_the_folder_dataset_as_by_the_voc_reader():
+    """The genuine VOC masks through ``Dataset.name: folder`` with ``label_format: palette``:
+    the same labels (and images) as the VOC reader gives."""
+    from dataset.folder import FolderDataset
+
+    src = FIXTURES / "voc_labelme"
+    data = {
+        "image_dir": "JPEGImages",
+        "label_dir": "SegmentationClass",
+        "val_image_dir": "JPEGImages",
+        "val_label_dir": "SegmentationClass",
+        "image_suffix": "",
+        "label_suffix": ".png",
+        "label_format": "palette",
+        "ignore_index": 255,
+        "reduce_zero_label": False,
+        "colors": [],
+        "ignore_colors": [],
+    }
+    ids = [f"JPEGImages/{i}" for i in VOC_IDS]
+    folder = FolderDataset(src, ids, "valid", (512, 512), (1.0, 1.0), 21, data)
+    voc = VOCDataset(src, list(VOC_IDS), "valid")
+    for k in range(len(VOC_IDS)):
+        ours, theirs = folder[k], voc[k]
+        assert np.array_equal(ours["label"].numpy(), theirs["label"].numpy())
+        assert np.array_equal(ours["img"].numpy(), theirs["img"].numpy())
+        assert len(np.unique(ours["label"].numpy())) > 2  # classes besides background / ignore

@@ -16,6 +16,7 @@ PARSERS = {
     "engine.cli": ("mix_label",),
     "engine.config": (),
     "tools.make_splits": (),
+    "tools.check_dataset": (),
     "tools.prepare_camvid": (),
     "tools.demo_benchmark": (),
     "tools.ssl_benchmark": (),

@@ -2,18 +2,31 @@
 
 The id pools come from the official id lists (--id-lists, default dataset/id_lists in the
 repository, so this works from a plain clone) or from a downloaded dataset (--data-root).
-Pools are sorted before drawing, so a split depends on the seed alone.
+Pools are sorted before drawing, so a split depends on the seed alone. Every fact of a
+dataset (its lists, standard counts, default folder, the ids of a downloaded copy, the lines
+of another repository's labeled.txt) comes from its entry in the registry
+(dataset/registry.py: SplitRecipe); the datasets with one:
 
 - VOC classic (92, 183, 366, 732, 1464): labeled drawn from the 1,464 train ids.
 - VOC blended (662, 1323, 2646, 5291): labeled drawn from the 10,582 train_aug ids.
   In both, unlabeled = the train_aug ids that are not labeled; valid = the val ids.
 - Cityscapes (186, 372, 744, 1488): labeled drawn from the 2,975 train ids, unlabeled the
   rest; valid = the 500 val ids.
+- COCO-Stuff-10K (563, 1125, 2250, 4500: 1/16 ... 1/2): labeled drawn from the 9,000 train
+  images of its imageLists/train.txt, unlabeled the rest; valid = its 1,000 test images.
+  Its lists do not ship: --data-root.
 - CamVid (23, 46, 92, 367): labeled drawn from the 367 train ids (train/0001TP_006690),
   unlabeled the rest (none for 367: supervised.py only); valid = the 233 test ids, where
   results are reported, or with --valid-set val the 101 val ids, for choosing a config
   (write those apart from the shipped splits: --out CamVid_split_val). A split root holds
   splits of one validation set only.
+
+A dataset described by its config (Dataset.name: folder, dataset/folder.py) is drawn with
+--config FILE: its training images with a mask are the labeled pool, every training image
+(and its unlabeled_dir / unlabeled_list images) the rest, its validation images valid;
+--out, --num-labels and --seed default to the config's Dataset.txt_dir, Dataset.num_labels
+and Seed. An id is the image path relative to Dataset.data_dir less its suffix, so
+--import-labeled reads UniMatch's "images/training/X.jpg annotations/training/X.png" lines.
 
 A drawn split's folder is its seed (<split> = 3407: the paper's layout, which a config
 selects with Dataset.split=seed and Seed=3407). --import-labeled FILE takes the labeled ids
@@ -29,42 +42,22 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.splits import (  # noqa: E402
-    CAMVID_SPLITS,
-    CITYSCAPES_SPLITS,
-    SEED_SPLIT,
-    VOC_BLENDED,
-    VOC_CLASSIC,
-    draw_split,
-    read_ids,
-    split_dir,
-    write_split,
-)
+from dataset.registry import DATASETS, SplitRecipe  # noqa: E402
+from dataset.splits import SEED_SPLIT, draw_split, split_dir, write_split  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ID_LISTS = REPO / "dataset" / "id_lists"  # the official id lists, shipped
-DEFAULT_OUT = {
-    "voc": REPO / "VOC_split",
-    "cityscapes": REPO / "CityScapes_split",
-    "camvid": REPO / "CamVid_split",
-}
 DEFAULT_SEED = 3407
-
-STANDARD = {
-    "voc": VOC_CLASSIC + VOC_BLENDED,
-    "cityscapes": CITYSCAPES_SPLITS,
-    "camvid": CAMVID_SPLITS,
-}
-# CamVid's validation list: its test images (default: where results are reported) or its
-# val images (for choosing a config)
-VALID_SETS = ("test", "val")
+# the datasets whose splits are drawn from published id lists (their registry entry's recipe)
+RECIPES: dict[str, SplitRecipe] = {n: s.splits for n, s in DATASETS.items() if s.splits}
+VALID_SETS = tuple(dict.fromkeys(v for r in RECIPES.values() for v in r.valid_sets))
 
 
 @dataclass(frozen=True)
@@ -97,56 +90,26 @@ def _make_pools(fine: list[str], train: list[str], val: list[str], source: Path)
     return pools
 
 
-def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str = "test") -> IdPools:
-    """Pools from the official lists ``voc_train/voc_trainaug/voc_val.txt``,
-    ``cityscapes_train/cityscapes_val.txt`` or ``camvid/{train,val,test}.txt`` (CamVid's
-    validation ids: ``valid_set``)."""
-    if dataset == "voc":
-        fine, train = read_ids(id_lists / "voc_train.txt"), read_ids(id_lists / "voc_trainaug.txt")
-        val = read_ids(id_lists / "voc_val.txt")
-    elif dataset == "camvid":
-        fine = train = read_ids(id_lists / "camvid" / "train.txt")
-        val = read_ids(id_lists / "camvid" / f"{valid_set}.txt")
-    else:
-        fine = train = read_ids(id_lists / "cityscapes_train.txt")
-        val = read_ids(id_lists / "cityscapes_val.txt")
-    return _make_pools(fine, train, val, id_lists)
+def pools_from_id_lists(dataset: str, id_lists: Path, valid_set: str | None = None) -> IdPools:
+    """Pools from the official lists named by the dataset's recipe (``voc_train.txt``, ...;
+    ``valid_set``: the validation set, default the recipe's first)."""
+    recipe = RECIPES[dataset]
+    if recipe.id_lists is None:
+        raise UserError(
+            f"no id lists of {dataset} ship with the repository (they are not known without "
+            "the data): give --data-root, the downloaded dataset"
+        )
+    return _make_pools(*recipe.id_lists.read(id_lists, valid_set or recipe.valid_sets[0]), id_lists)
 
 
-def _cityscapes_ids(root: Path, split: str) -> list[str]:
-    folder = root / "leftImg8bit" / split
-    suffix = "_leftImg8bit.png"
-    ids = [f"{p.parent.name}/{p.name[: -len(suffix)]}" for p in folder.glob(f"*/*{suffix}")]
-    if not ids:
-        raise UserError(f"no */*{suffix} images under {folder}")
-    return ids
-
-
-def pools_from_data_root(dataset: str, root: Path, valid_set: str = "test") -> IdPools:
-    """Pools from a downloaded dataset folder.
-
-    VOC: ``ImageSets/Segmentation/train.txt`` and ``val.txt``; train_aug = the ids of
-    ``SegmentationClassAug/*.png`` minus val. Cityscapes: ``leftImg8bit/{train,val}`` images.
-    CamVid: its list files ``train.txt`` and ``test.txt`` (or ``val.txt``: ``valid_set``).
-    """
+def pools_from_data_root(dataset: str, root: Path, valid_set: str | None = None) -> IdPools:
+    """Pools from a downloaded dataset folder, read as the dataset's recipe says (VOC: its
+    ``ImageSets/Segmentation`` lists and the ``SegmentationClassAug`` labels; Cityscapes: the
+    ``leftImg8bit/{train,val}`` images; CamVid: its list files)."""
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    if dataset == "camvid":
-        from dataset.camvid import read_list_file  # imports torch: only this path needs it
-
-        train = read_list_file(root / "train.txt")
-        return _make_pools(train, train, read_list_file(root / f"{valid_set}.txt"), root)
-    if dataset == "cityscapes":
-        train = _cityscapes_ids(root, "train")
-        return _make_pools(train, train, _cityscapes_ids(root, "val"), root)
-    sets = root / "ImageSets" / "Segmentation"
-    fine, val = read_ids(sets / "train.txt"), read_ids(sets / "val.txt")
-    aug = root / "SegmentationClassAug"
-    labels = [p.stem for p in aug.glob("*.png")]
-    if not labels:
-        raise UserError(f"no *.png labels in {aug} (needed for the train_aug ids)")
-    val_set = set(val)
-    return _make_pools(fine, [i for i in labels if i not in val_set], val, root)
+    recipe = RECIPES[dataset]
+    return _make_pools(*recipe.data_root(root, valid_set or recipe.valid_sets[0]), root)
 
 
 # --- drawing and importing -------------------------------------------------------------
@@ -166,16 +129,21 @@ def check_split(labeled: list[str], unlabeled: list[str], pool: list[str], num_l
 
 
 def scheme_of(dataset: str, num_labels: int, scheme: str) -> str:
-    """``classic`` or ``blended`` (VOC); ``auto`` picks by the standard split sizes. Other
-    datasets draw from their one training pool (``classic``: fine = train)."""
-    if dataset != "voc" or scheme != "auto":
-        return "classic" if dataset != "voc" else scheme
-    if num_labels in VOC_CLASSIC:
+    """``classic`` (labeled drawn from the fine pool) or ``blended`` (from every training id);
+    ``auto`` picks by the recipe's standard counts. A dataset whose recipe has no classic
+    counts has one training pool (fine = train)."""
+    recipe = RECIPES[dataset]
+    if not recipe.classic:
         return "classic"
-    if num_labels in VOC_BLENDED:
+    if scheme != "auto":
+        return scheme
+    if num_labels in recipe.classic:
+        return "classic"
+    if num_labels in recipe.standard:
         return "blended"
     raise UserError(
-        f"--num-labels {num_labels} is not a standard VOC split: give --scheme classic or blended"
+        f"--num-labels {num_labels} is not a standard {dataset} split: give --scheme classic "
+        "or blended"
     )
 
 
@@ -191,27 +159,23 @@ def draw(pools: IdPools, num_labels: int, seed: int, scheme: str) -> tuple[list[
 
 
 def id_from_entry(entry: str, dataset: str) -> str:
-    """The id named by the first path of a ``labeled.txt`` line (or a bare id): VOC the file
-    stem, Cityscapes and CamVid ``<parent folder>/<stem>`` (less ``_leftImg8bit``)."""
-    path = Path(entry)
-    if not path.suffix:
-        return entry
-    if dataset == "voc":
-        return path.stem
-    suffix = "_leftImg8bit"
-    name = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
-    return f"{path.parent.name}/{name}"
+    """The id named by the first path of a ``labeled.txt`` line (the recipe's parser: VOC the
+    file stem, Cityscapes and CamVid ``<parent folder>/<stem>``), or a bare id as it is."""
+    path = PurePosixPath(entry)
+    return RECIPES[dataset].entry_id(path) if path.suffix else entry
 
 
-def read_labeled_file(path: Path, dataset: str, pool: list[str]) -> list[str]:
-    """Ids of a ``labeled.txt``; each must be a training id, none twice."""
+def read_labeled_file(path: Path, dataset: str, pool: list[str], entry_id=None) -> list[str]:
+    """Ids of a ``labeled.txt`` (each line's first path read by ``entry_id``, default the
+    dataset's recipe); each must be a training id, none twice."""
+    entry_id = entry_id or (lambda entry: id_from_entry(entry, dataset))
     if not path.is_file():
         raise UserError(f"--import-labeled file not found: {path}")
     pool_set, seen = set(pool), set()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        image_id = id_from_entry(line.split()[0], dataset)
+        image_id = entry_id(line.split()[0])
         if image_id not in pool_set:
             raise UserError(f"{path}:{line_no}: id {image_id} is not in the {dataset} training ids")
         if image_id in seen:
@@ -233,12 +197,28 @@ EXAMPLES = """examples:
       # validate on CamVid's val images to choose a config: Dataset.txt_dir=CamVid_split_val
   python tools/make_splits.py --dataset voc --import-labeled splits/pascal/662/labeled.txt --name unimatch
       # then train on it with: Dataset.num_labels=662 Dataset.split=unimatch (any Seed)
+  python tools/make_splits.py --config my.yaml --num-labels 20 --seed 1
+      # a folder dataset (Dataset.name: folder): 20 of its images with masks, into its txt_dir
+  python tools/make_splits.py --config configs/ade20k.yaml --import-labeled labeled.txt --name unimatch
+      # "images/training/X.jpg annotations/training/X.png" lines (UniMatch-V2, SemiVL)
 """
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="make_splits.py", description=__doc__, epilog=EXAMPLES)
-    parser.add_argument("--dataset", required=True, choices=tuple(STANDARD), help="the dataset")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--dataset", choices=tuple(RECIPES), help="a dataset with a reader of its own"
+    )
+    which.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a dataset described by its config (Dataset.name: folder): its ids come from its "
+        "folders or list files; the defaults of --out, --num-labels and --seed are its "
+        "Dataset.txt_dir, Dataset.num_labels and Seed",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--id-lists",
@@ -279,16 +259,17 @@ def build_parser() -> ArgumentParser:
         "--valid-set",
         choices=VALID_SETS,
         default=None,
-        help="CamVid: the validation list, its test images (default: where results are "
-        "reported) or its val images (to choose a config; write those with another --out)",
+        help="a dataset with several validation lists (CamVid: its test images, the default, "
+        "where results are reported, or its val images, to choose a config; write those with "
+        "another --out)",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="DIR",
-        help="split root, the Dataset.txt_dir of a config (default: VOC_split / "
-        "CityScapes_split / CamVid_split in the repository)",
+        help="split root, the Dataset.txt_dir of a config (default: the dataset's folder in "
+        f"the repository: {' / '.join(r.out for r in RECIPES.values())})",
     )
     parser.add_argument(
         "--import-labeled",
@@ -329,14 +310,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(
                 f"--name {SEED_SPLIT} is reserved (Dataset.split={SEED_SPLIT} means the seed's folder)"
             )
-    if args.valid_set is not None and args.dataset != "camvid":
+    if args.config is not None:
+        for flag in ("id_lists", "data_root", "valid_set"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} does not go with --config")
+        return args  # the defaults come from the config (run)
+    valid_sets = RECIPES[args.dataset].valid_sets
+    if args.valid_set is not None and (len(valid_sets) == 1 or args.valid_set not in valid_sets):
+        several = " or ".join(n for n, r in RECIPES.items() if len(r.valid_sets) > 1)
         parser.error(
-            f"--valid-set only goes with --dataset camvid ({args.dataset} has one val set)"
+            f"--valid-set only goes with --dataset {several} ({args.dataset} has one val set)"
+            if len(valid_sets) == 1
+            else f"--valid-set {args.valid_set}: {args.dataset} has {', '.join(valid_sets)}"
         )
     if args.seed is None:
         args.seed = DEFAULT_SEED
     if args.valid_set is None:
-        args.valid_set = VALID_SETS[0]
+        args.valid_set = valid_sets[0]
     return args
 
 
@@ -362,22 +352,64 @@ def _write_new(out: Path, folder: str | int, labeled, unlabeled, valid, hint: st
     return write_split(out, len(labeled), folder, labeled, unlabeled, valid)
 
 
+def from_config(args: argparse.Namespace) -> tuple[IdPools, Path, object]:
+    """``--config``: the pools of a dataset described by its config, its split root, and the
+    reader of labeled.txt lines; ``--num-labels`` and ``--seed`` default to the config's.
+    A dataset with published id lists is drawn as with ``--dataset``."""
+    from engine.config import load_config  # imports torch: only this path needs it
+    from engine.data import DATASETS
+
+    cfg = load_config(args.config)
+    data = cfg["Dataset"]
+    spec = DATASETS[data["name"]]
+    if args.import_labeled is None:
+        args.num_labels = args.num_labels or [data["num_labels"]]
+        args.seed = cfg["Seed"] if args.seed is None else args.seed
+    out = args.out or Path(data["txt_dir"])
+    if spec.splits is not None:
+        args.dataset, args.valid_set = data["name"], spec.splits.valid_sets[0]
+        return pools_from_id_lists(args.dataset, DEFAULT_ID_LISTS), out, None
+    if spec.layout is None:
+        raise UserError(
+            f"{args.config}: the splits of {data['name']} are drawn with: "
+            + spec.split_command(data["txt_dir"], data["num_labels"], cfg["Seed"])
+        )
+    layout = spec.layout(data)
+    return _make_pools(*layout.pools(), Path(data["data_dir"])), out, layout.entry_id
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Write the requested splits; return their folders."""
+    if args.config is not None:
+        pools, out, entry_id = from_config(args)
+        if args.import_labeled is None:
+            return draw_all(args, pools, out)
+        return [import_labeled(args, pools, out, entry_id)]
     if args.data_root is not None:
         pools = pools_from_data_root(args.dataset, args.data_root, args.valid_set)
     else:
         pools = pools_from_id_lists(args.dataset, args.id_lists or DEFAULT_ID_LISTS, args.valid_set)
-    out = args.out or DEFAULT_OUT[args.dataset]
+    out = args.out or REPO / RECIPES[args.dataset].out
     if args.import_labeled is not None:
-        labeled = read_labeled_file(args.import_labeled, args.dataset, pools.train)
-        chosen = set(labeled)
-        unlabeled = [i for i in pools.train if i not in chosen]
-        check_split(labeled, unlabeled, pools.train, len(labeled))
-        return [_write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")]
+        return [import_labeled(args, pools, out)]
+    return draw_all(args, pools, out)
+
+
+def import_labeled(args: argparse.Namespace, pools: IdPools, out: Path, entry_id=None) -> Path:
+    """The split ``--name`` of the labeled ids in ``--import-labeled``."""
+    what = args.dataset or str(args.config)
+    labeled = read_labeled_file(args.import_labeled, what, pools.train, entry_id)
+    chosen = set(labeled)
+    unlabeled = [i for i in pools.train if i not in chosen]
+    check_split(labeled, unlabeled, pools.train, len(labeled))
+    return _write_new(out, args.name, labeled, unlabeled, pools.val, "choose another --name")
+
+
+def draw_all(args: argparse.Namespace, pools: IdPools, out: Path) -> list[Path]:
+    """The splits of ``--num-labels`` (default: the standard counts) drawn with ``--seed``."""
     folders = []
-    for num_labels in args.num_labels or STANDARD[args.dataset]:
-        scheme = scheme_of(args.dataset, num_labels, args.scheme)
+    for num_labels in args.num_labels or RECIPES[args.dataset].standard:
+        scheme = scheme_of(args.dataset, num_labels, args.scheme) if args.dataset else "classic"
         labeled, unlabeled = draw(pools, num_labels, args.seed, scheme)
         hint = "choose another --out, or move it away"
         folders.append(_write_new(out, args.seed, labeled, unlabeled, pools.val, hint))

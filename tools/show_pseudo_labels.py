@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from dataset.base import read_image  # noqa: E402
 from dataset.transforms import normalize  # noqa: E402
-from engine.data import DATASETS  # noqa: E402
+from engine.data import class_names, palette  # noqa: E402
 from engine.run import (  # noqa: E402
     build_network_for_eval,
     inference_config,
@@ -213,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spec = DATASETS[cfg["Dataset"]["name"]]
+    names = class_names(cfg)
     empty = [c for c in range(proto.shape[0]) if not bool(proto[c].any())]
     note = (
         f"{len(empty)} of {proto.shape[0]} prototypes are all zero (never updated): y_rep "
-        f"cannot choose {', '.join(spec.classes[c] for c in empty[:6])}"
+        f"cannot choose {', '.join(names[c] for c in empty[:6])}"
         + (" ..." if len(empty) > 6 else "")
         if empty
         else ""
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     sheet = picture(
         img.permute(1, 2, 0).numpy(),
         maps,
-        spec.classes,
-        spec.palette(),
+        names,
+        palette(cfg),
         (loss["un_threshold"], loss["weak_threshold"]),
         note,
     )

@@ -852,23 +852,21 @@ def benchmark(args: argparse.Namespace) -> Benchmark:
     """The benchmark of a command line: the config (with ``--set``) names the dataset, whose
     registry entry gives the pool size and the classes, and the default labels and seed."""
     from engine.config import load_config
-    from engine.data import DATASETS
+    from engine.data import class_names, pool_size
 
     cfg = load_config(args.config, args.set)
-    spec = DATASETS[cfg["Dataset"]["name"]]
+    pool = pool_size(cfg)
     name = args.name or Path(args.config).stem
     labels = tuple(args.labels or (cfg["Dataset"]["num_labels"],))
     seeds = tuple(args.seeds or (cfg["Seed"],))
     for n in (*labels, *([args.ceiling] if args.ceiling is not None else [])):
-        if not 0 < n <= spec.pool_size:
-            raise UserError(
-                f"{n} labels: expected 1..{spec.pool_size} (the {cfg['Dataset']['name']} pool)"
-            )
+        if not 0 < n <= pool:
+            raise UserError(f"{n} labels: expected 1..{pool} (the {cfg['Dataset']['name']} pool)")
     return Benchmark(
         name=name,
         dataset=cfg["Dataset"]["name"],
-        classes=tuple(spec.classes),
-        pool_size=spec.pool_size,
+        classes=class_names(cfg),
+        pool_size=pool,
         methods=tuple(args.methods),
         labels=labels,
         seeds=seeds,
