@@ -21,15 +21,10 @@ from pathlib import Path
 
 import torch
 
+from engine.checkpoints import inference_config, load_trained_checkpoint, result_model_key
 from engine.data import build_datasets, class_names
 from engine.evaluation import EVAL_MODES, evaluate, format_table
-from engine.run import (
-    amp_dtype_for,
-    build_network_for_eval,
-    inference_config,
-    load_trained_checkpoint,
-    result_model_key,
-)
+from engine.run import amp_dtype_for, build_network_for_eval
 from utils.checkpoint import load_weights
 from utils.command_line import ArgumentParser
 from utils.dist import init_distributed, is_dist, is_main_process

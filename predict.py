@@ -20,14 +20,10 @@ from PIL import Image
 
 from dataset.base import read_image
 from dataset.transforms import normalize
+from engine.checkpoints import inference_config, load_trained_checkpoint, result_model_key
 from engine.data import palette
 from engine.evaluation import EVAL_MODES, predict
-from engine.run import (
-    build_network_for_eval,
-    inference_config,
-    load_trained_checkpoint,
-    result_model_key,
-)
+from engine.run import build_network_for_eval
 from utils.checkpoint import load_weights
 from utils.command_line import ArgumentParser
 from utils.errors import UserError

@@ -4,7 +4,10 @@
 - ``launch``: ``--nproc-per-node`` through torch.distributed's elastic launcher;
 - ``config``: the strict YAML schema and overrides;
 - ``data``: the dataset registry, datasets of a config, loaders;
-- ``run``: the ``Run`` (networks, prototypes, optimiser), checkpoints and resume checks;
+- ``run``: the ``Run`` (networks, prototypes, optimiser) built from a config;
+- ``checkpoints``: the checkpoint of a run, and trained checkpoints for the tools (ours or
+  the paper code's);
+- ``resume``: the resume policy (which keys may change), its refusals;
 - ``step``: the method, one training step;
 - ``loop``: the training loop, stop requests, metrics, evaluation schedule, final report;
 - ``evaluation``: confusion matrix and the validation protocols.

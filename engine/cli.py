@@ -23,9 +23,11 @@ import torch
 from tqdm import tqdm
 
 from engine import launch, loop
+from engine.checkpoints import restore
 from engine.config import DEFAULT_CONFIG, dump_config, load_config
 from engine.data import split_name
-from engine.run import build_run, check_resume, check_resume_compatible, restore
+from engine.resume import check_resume, check_resume_compatible
+from engine.run import build_run
 from utils.checkpoint import load_checkpoint
 from utils.command_line import ArgumentParser
 from utils.dist import init_distributed, is_dist, is_main_process

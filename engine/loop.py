@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from engine.checkpoints import save
 from engine.data import class_names, cycle, make_loader
 from engine.evaluation import evaluate, format_table, sync_buffers
-from engine.run import Run, save
+from engine.run import Run
 from engine.step import train_step
 from utils.dist import all_reduce_sum, barrier, is_main_process
 from utils.errors import UserError

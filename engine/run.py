@@ -1,161 +1,29 @@
-"""One training run: the networks, prototypes and optimiser it holds, how they are built from a
-config, and how a run becomes a checkpoint and back (with the resume-compatibility check)."""
+"""One training run: the networks, prototypes and optimiser it holds, and how they are built
+from a config. Its checkpoint is ``engine/checkpoints.py``; the resume rules are
+``engine/resume.py``."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from dataset.transforms import normalize
-from engine.config import apply_overrides, load_config, validate, with_added_keys
-from engine.data import build_datasets, split_folder, split_name
-from network import build_model_from_config, from_paper_layout
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.dist import is_dist, is_main_process
+from engine.data import build_datasets, split_folder
+from network import build_model_from_config
+from utils.dist import is_dist
 from utils.ema import make_teacher
 from utils.errors import UserError
 from utils.prototypes import Prototypes
-from utils.strategies import STRATEGIES, Evaluated, Strategy
-
-# Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
-MODEL_KEYS = (
-    "Network.backbone",
-    "Network.num_class",
-    "Network.output_stride",
-    "Network.rep_dim",
-    "Network.base_width",
-    "Network.decoder_channels",
-    "Dataset.name",
-)
-# Keys that must not change when a run is resumed.
-RESUME_FIXED = (
-    "Seed",
-    *MODEL_KEYS,
-    "Dataset.num_labels",
-    "Dataset.split",
-    "Dataset.batch_size",
-    "Dataset.crop_size",
-)
-# Keys that may change when a run is resumed: where the files are, and how often and how the
-# loop logs, saves and evaluates. They leave the trained weights as they are. Every other key
-# (schedule, optimiser, losses, precision, ...) changes the rest of the run: a resume that
-# changes one is refused unless asked for (``--allow-changes``), and then logged.
-RESUME_FREE = (
-    "Dataset.data_dir",
-    "Dataset.txt_dir",
-    # a folder dataset's folders, list files, file endings and display colours
-    *(
-        f"Dataset.{key}"
-        for key in ("image_dir", "label_dir", "train_list", "unlabeled_dir", "unlabeled_list")
-        + ("val_image_dir", "val_label_dir", "val_list", "image_suffix", "label_suffix", "palette")
-    ),
-    "Dataset.num_workers",
-    "Network.pretrained",
-    "Network.random_init",
-    "Training.eval_interval",
-    "Training.eval_mode",
-    "Training.eval_crop_size",
-    "Training.save_interval",
-    "Training.log_interval",
-)
-
-
-def config_value(cfg: dict, dotted: str) -> Any:
-    """The value at ``Section.key``; None where a (older) config lacks it."""
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _compared(cfg: dict, dotted: str) -> Any:
-    """The value compared on resume: ``Dataset.split`` as the folder it names (``seed`` and
-    the seed's number name the same split)."""
-    if dotted == "Dataset.split" and isinstance(cfg.get("Dataset"), dict) and "Seed" in cfg:
-        return split_name(cfg)
-    return config_value(cfg, dotted)
-
-
-def dotted_keys(cfg: dict, prefix: str = "") -> list[str]:
-    """Every ``Section.key`` of a config, in order."""
-    out = []
-    for k, v in cfg.items():
-        out += dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return out
-
-
-def describe_changes(saved: dict, cfg: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k} ({_compared(saved, k)!r} -> {_compared(cfg, k)!r})" for k in keys)
-
-
-def check_resume_compatible(
-    saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
-) -> None:
-    """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error).
-
-    A key the checkpoint's (older) config lacks counts as its ``ADDED_KEYS`` value.
-    """
-    saved = with_added_keys(saved)
-    diff = [k for k in keys if _compared(saved, k) != _compared(cfg, k)]
-    if diff:
-        shown = describe_changes(saved, cfg, diff)
-        raise UserError(f"{path} was trained with another model or dataset: {shown}")
+from utils.strategies import Evaluated, Strategy
 
 
 def iters_per_epoch(num_labeled: int, batch_size: int, world: int) -> int:
     """Iterations of one pass over the labeled loader (the paper's epoch):
     ``ceil(num_labeled / world) // batch_size``."""
     return -(-num_labeled // world) // batch_size
-
-
-def check_resume(state: dict, cfg: dict, world: int, path: Path, allow: bool) -> list[str]:
-    """What resuming ``state`` with ``cfg`` on ``world`` processes changes, beyond the keys
-    that may change (``RESUME_FREE``): changed training keys, and another number of
-    processes while the run still has iterations to train (the effective batch, the epoch
-    length and the data order follow it). Refused naming them unless ``allow``; returns the
-    lines to log (none for an exact resume). ``RESUME_FIXED`` keys are checked before."""
-    saved = with_added_keys(state["config"])  # compared as check_resume_compatible does
-    keys = dict.fromkeys(dotted_keys(cfg) + dotted_keys(saved))
-    changed = [
-        k
-        for k in keys
-        if k not in RESUME_FIXED
-        and k not in RESUME_FREE
-        and _compared(saved, k) != _compared(cfg, k)
-    ]
-    found, notes = [], []
-    if changed:
-        found.append(describe_changes(saved, cfg, changed))
-        notes.append(f"resuming with changed settings (--allow-changes): {found[-1]}")
-    saved_world = state.get("world_size")
-    if int(state["iteration"]) < cfg["Training"]["total_iter"] and saved_world != world:
-        if saved_world is None:  # written before checkpoints recorded it
-            notes.append(f"{path} does not record its number of processes; this run has {world}")
-        else:
-            n, bs = cfg["Dataset"]["num_labels"], cfg["Dataset"]["batch_size"]
-            what = (
-                f"effective batch {bs}x{saved_world} -> {bs}x{world} images per loader, an "
-                f"epoch {iters_per_epoch(n, bs, saved_world)} -> {iters_per_epoch(n, bs, world)}"
-                " iterations, another data order"
-            )
-            found.append(f"processes ({saved_world} -> {world}: {what})")
-            notes.append(
-                f"resuming on {world} process(es) instead of {saved_world} (--allow-changes): "
-                f"{what}"
-            )
-    if found and not allow:
-        raise UserError(
-            f"{path}: resuming would change the run: {'; '.join(found)}; resume with the same "
-            "settings, pass --allow-changes to continue with these, or use another --work-dir"
-        )
-    return notes
 
 
 @dataclass
@@ -342,113 +210,3 @@ def build_run(
         iters_per_epoch=iters_per_epoch(len(datasets["labeled"]), data["batch_size"], world),
         channels_last=channels_last,
     )
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def make_checkpoint(run: Run) -> dict:
-    """Everything a resume reads. The EMA step and the epoch follow from ``iteration``, and
-    every step reseeds the random generators from ``(Seed, rank, iteration)``, so neither
-    they nor a generator state are stored (older checkpoints that hold ``ema_step``,
-    ``epoch`` and ``rng`` still load; those entries are not read)."""
-    return {
-        "student": run.student.state_dict(),
-        "teacher": run.teacher.state_dict(),
-        "prototypes": run.prototypes.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "iteration": run.iteration,
-        "best_miou": run.best_miou,
-        "history": run.history,
-        "wall_seconds": run.wall_seconds(),
-        "strategy": run.strategy.name,
-        "world_size": run.world,
-        "config": run.cfg,
-    }
-
-
-def restore(run: Run, state: dict, source: str = "checkpoint") -> None:
-    """Put a checkpoint's state into ``run``; weights that do not fit are a one-line
-    ``UserError`` naming ``source``."""
-    load_weights(run.student, state["student"], f"{source} (student)")
-    load_weights(run.teacher, state["teacher"], f"{source} (teacher)")
-    run.prototypes.load_state_dict(state["prototypes"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.iteration = int(state["iteration"])
-    run.best_miou = float(state["best_miou"])
-    run.history = list(state["history"])
-    run.seconds_before = float(state.get("wall_seconds", 0.0))
-    run.latest_iteration = run.iteration
-
-
-def load_trained_checkpoint(path: str | Path) -> dict:
-    """A checkpoint of a trained run for ``evaluate.py`` / ``predict.py``: ours, or one of the
-    paper code (its ``model`` / ``ema_model`` state dicts and numpy ``prototypes``), turned
-    into ours: ``student``, ``teacher`` (its EMA model, the result), ``prototypes``, and
-    ``config`` None (it holds none: ``--config`` says which)."""
-    state = load_checkpoint(path, required=())
-    if "teacher" in state and "student" in state:
-        return state
-    if isinstance(state.get("model"), dict) and isinstance(state.get("ema_model"), dict):
-        proto = state.get("prototypes")
-        return {
-            "student": from_paper_layout(state["model"]),
-            "teacher": from_paper_layout(state["ema_model"]),
-            "prototypes": None
-            if proto is None
-            else {"proto": torch.as_tensor(proto, dtype=torch.float32)},
-            "config": None,
-            "epoch": state.get("epoch"),
-            "iteration": None,
-            "source": "paper code",
-        }
-    raise UserError(
-        f"{path} is not a training checkpoint: it holds neither student / teacher (this "
-        "project) nor model / ema_model (the paper code)"
-    )
-
-
-def inference_config(
-    state: dict, path: Path, config: str | Path | None, overrides: list[str] = ()
-) -> dict:
-    """The config ``evaluate.py`` / ``predict.py`` use for the checkpoint ``state`` at ``path``.
-
-    Without ``config``: the checkpoint's own (an older one completed with ``ADDED_KEYS``).
-    With it: that file, whose model keys must agree with the checkpoint's (the training-only
-    keys, batch, crop, split, may differ). ``overrides`` apply to either and are checked the
-    same way. Used by every tool that reads a trained checkpoint, so one checkpoint works in
-    all of them.
-    """
-    saved = state.get("config")
-    if config is not None:
-        cfg = load_config(config, overrides)
-    elif saved is None:
-        classes = getattr(state.get("teacher", {}).get("classifier.3.weight"), "shape", [0])[0]
-        name = {19: "cityscapes"}.get(classes, "voc")
-        raise UserError(
-            f"{path} holds no config (a checkpoint of the paper code): give the config it was "
-            f"trained with, e.g. --config configs/{name}.yaml"
-        )
-    else:
-        source = f"{path} (its config; --config to use another)"
-        cfg = validate(apply_overrides(with_added_keys(saved), overrides), source)
-    if saved is not None:
-        check_resume_compatible(saved, cfg, path, MODEL_KEYS)
-    return cfg
-
-
-def result_model_key(state: dict) -> str:
-    """``"teacher"`` or ``"student"``: the checkpoint entry its strategy names as the result
-    (the teacher for a checkpoint that does not name its strategy)."""
-    strategy = STRATEGIES.get(state.get("strategy", ""))
-    return (strategy.evaluates if strategy is not None else Evaluated.TEACHER).value
-
-
-def save(run: Run, work_dir: Path, name: str) -> None:
-    """Rank 0 writes the checkpoint (every process calls this at the same iteration)."""
-    if is_main_process():
-        save_checkpoint(make_checkpoint(run), work_dir / name)
-    if name == "latest.pth":
-        run.latest_iteration = run.iteration

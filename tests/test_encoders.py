@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 import network
+from engine.checkpoints import make_checkpoint
 from engine.config import DEFAULT_CONFIG, load_config
-from engine.run import build_run, make_checkpoint
+from engine.run import build_run
 from engine.step import train_step
 from network import ENCODERS, DeepLabV3Plus, Encoder, build_model, build_model_from_config
 from network.resnet import RESNETS, ResNetBackbone

@@ -35,7 +35,7 @@ from PIL import Image
 from demo.fashion_scenes import FASHION_CLASSES
 from engine.config import DEFAULT_CONFIG, load_config
 from engine.loop import check_finite
-from engine.run import MODEL_KEYS, check_resume_compatible
+from engine.resume import MODEL_KEYS, check_resume_compatible
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,9 +46,10 @@ from test_engine import (
 )
 
 from engine import cli, loop
+from engine.checkpoints import make_checkpoint
 from engine.config import DEFAULT_CONFIG, load_config
 from engine.loop import StopRequest, schedule_lines
-from engine.run import iters_per_epoch, make_checkpoint
+from engine.run import iters_per_epoch
 from utils.errors import UserError
 from utils.sampler import EpochBatchSampler
 from utils.strategies import STRATEGIES
@@ -506,7 +507,7 @@ def test_check_resume_rules() -> None:
     """Free keys change silently; other keys and another number of processes are refused
     (or, allowed, logged); a finished run has nothing left to train, so its number of
     processes may differ; a checkpoint that does not record it is resumed with a note."""
-    from engine.run import check_resume
+    from engine.resume import check_resume
 
     cfg = load_config(DEFAULT_CONFIG, TINY)
     saved = load_config(DEFAULT_CONFIG, [*TINY, "Training.log_interval=7", "Dataset.num_workers=3"])

@@ -27,12 +27,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from dataset.base import read_image  # noqa: E402
 from dataset.transforms import normalize  # noqa: E402
+from engine.checkpoints import inference_config, load_trained_checkpoint  # noqa: E402
 from engine.data import class_names, palette  # noqa: E402
-from engine.run import (  # noqa: E402
-    build_network_for_eval,
-    inference_config,
-    load_trained_checkpoint,
-)
+from engine.run import build_network_for_eval  # noqa: E402
 from utils.checkpoint import load_weights  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402

@@ -13,7 +13,7 @@ from torch import nn
 
 from utils.errors import UserError
 
-# Keys every training checkpoint holds (see engine/run.py: make_checkpoint).
+# Keys every training checkpoint holds (see engine/checkpoints.py: make_checkpoint).
 REQUIRED_KEYS = ("student", "teacher", "prototypes", "optimizer", "iteration", "config")
 
 
