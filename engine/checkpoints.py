@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import apply_overrides, load_config, validate, with_added_keys
+from engine.config import apply_overrides, load_config, validate, with_defaults
 from engine.resume import MODEL_KEYS, check_resume_compatible
 from engine.run import Run
 from network import from_paper_layout
@@ -86,7 +86,7 @@ def inference_config(
 ) -> dict:
     """The config ``evaluate.py`` / ``predict.py`` use for the checkpoint ``state`` at ``path``.
 
-    Without ``config``: the checkpoint's own (an older one completed with ``ADDED_KEYS``).
+    Without ``config``: the checkpoint's own (a key an older one lacks read as its default).
     With it: that file, whose model keys must agree with the checkpoint's (the training-only
     keys, batch, crop, split, may differ). ``overrides`` apply to either and are checked the
     same way. Used by every tool that reads a trained checkpoint, so one checkpoint works in
@@ -104,7 +104,7 @@ def inference_config(
         )
     else:
         source = f"{path} (its config; --config to use another)"
-        cfg = validate(apply_overrides(with_added_keys(saved), overrides), source)
+        cfg = validate(apply_overrides(with_defaults(saved), overrides), source)
     if saved is not None:
         check_resume_compatible(saved, cfg, path, MODEL_KEYS)
     return cfg

@@ -1,7 +1,9 @@
 """One strictly validated YAML config per dataset, with ``Section.key=value`` overrides.
 
-Every key of the schema below must be present, no other key may be, and every value is
-checked for type and range. A problem stops with one line naming the key, the value and
+Each key is declared once, in ``SCHEMA`` below: its kind, range, meaning, default (the paper's
+VOC value) and whether a resume may change it. A config holds what differs from the defaults
+(a key without a default must be given), no other key, and every value is checked for type
+and range. A problem stops with one line naming the key, the value and
 what was expected (``UserError``; the entry points print it and exit with status 2).
 
     python -m engine.config configs/voc.yaml Dataset.num_labels=183 Dataset.split=3407 Seed=1
@@ -10,6 +12,7 @@ what was expected (``UserError``; the entry points print it and exit with status
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -37,14 +40,22 @@ DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"  # what the entry scripts run wi
 
 REQUIRED = object()  # Key.default of a key that must be given
 
+# Key.resume: whether a resumed run may change the key (engine/resume.py applies it).
+MODEL = "model"  # never: it defines the model (and its classes); a checkpoint fits no other
+FIXED = "fixed"  # never: the run's data order and batches follow it
+FREE = "free"  # always: where the files are, how often the loop logs, saves and evaluates
+ASK = "ask"  # with --allow-changes (logged): it changes the rest of the run
+
 
 @dataclass(frozen=True)
 class Key:
-    """Schema entry: the expected kind of value and a range check.
+    """Schema entry, the one declaration of a config key: the expected kind of value, a
+    range check, what it means, its ``default`` (the paper's VOC value; ``REQUIRED``: the
+    config must give it) and whether a resume may change it (``resume``).
 
     ``dataset``: the ``Dataset.name`` that reads the key (``folder``): a config of another
-    dataset must leave it out, and a config of that one may, where it has a ``default``
-    (filled in). Keys without ``dataset`` are read by every config and required."""
+    dataset must leave it out. A config may leave out any key with a default (a whole
+    section too), and so may an older checkpoint's config: it reads as the default."""
 
     kind: str  # "int", "float", "bool", "str", "int2", "float2", "strs", "colours"
     check: Callable[[Any], bool] = lambda v: True
@@ -52,6 +63,7 @@ class Key:
     doc: str = ""
     dataset: str = ""
     default: Any = REQUIRED
+    resume: str = ASK
 
 
 def _unit(v: float) -> bool:
@@ -86,9 +98,16 @@ def _choice(options: Sequence[str]) -> Callable[[Any], bool]:
     return lambda v: v in options
 
 
-def _folder(kind: str, doc: str, default: Any = REQUIRED, check=lambda v: True, expect=""):
+def _folder(
+    kind: str,
+    doc: str,
+    default: Any = REQUIRED,
+    check=lambda v: True,
+    expect="",
+    resume: str = ASK,
+):
     """A key of the generic ``folder`` dataset (``dataset/folder.py``): left out elsewhere."""
-    return Key(kind, check, expect, doc, dataset=FOLDER, default=default)
+    return Key(kind, check, expect, doc, dataset=FOLDER, default=default, resume=resume)
 
 
 def _relative(v: str) -> bool:
@@ -99,59 +118,110 @@ _INSIDE = "a folder inside Dataset.data_dir ('' = none)"
 
 
 SCHEMA: dict[str, Any] = {
-    "Seed": Key("int", _nonneg, ">= 0", "global seed (data order, augmentation, init)"),
+    "Seed": Key(
+        "int",
+        _nonneg,
+        ">= 0",
+        "global seed (data order, augmentation, init)",
+        default=3407,
+        resume=FIXED,
+    ),
     "Network": {
         "backbone": Key(
             "str",
             _choice(BACKBONES),
             f"one of {', '.join(BACKBONES)}",
             "ResNet variant; resnet101_deepstem = the v1c deep-stem layout",
+            default="resnet101",
+            resume=MODEL,
         ),
-        "num_class": Key("int", lambda v: v >= 2, ">= 2", "number of classes C"),
-        "output_stride": Key("int", _choice((8, 16)), "8 or 16", "backbone output stride"),
-        "rep_dim": Key("int", _pos, "> 0", "representation dimension D"),
+        "num_class": Key("int", lambda v: v >= 2, ">= 2", "number of classes C", resume=MODEL),
+        "output_stride": Key(
+            "int", _choice((8, 16)), "8 or 16", "backbone output stride", default=8, resume=MODEL
+        ),
+        "rep_dim": Key("int", _pos, "> 0", "representation dimension D", default=256, resume=MODEL),
         "base_width": Key(
-            "int", _pos, "> 0", "ResNet stem / layer1 width (64 standard; ImageNet weights need 64)"
+            "int",
+            _pos,
+            "> 0",
+            "ResNet stem / layer1 width (64 standard; ImageNet weights need 64)",
+            default=64,
+            resume=MODEL,
         ),
-        "decoder_channels": Key("int", _pos, "> 0", "ASPP and head width (256 in DeepLabv3+)"),
-        "pretrained": Key("str", doc="local path of ImageNet backbone weights; empty = none"),
-        "random_init": Key("bool", doc="allow training without pretrained weights"),
-        "sync_bn": Key("bool", doc="SyncBatchNorm when distributed on GPUs"),
+        "decoder_channels": Key(
+            "int", _pos, "> 0", "ASPP and head width (256 in DeepLabv3+)", default=256, resume=MODEL
+        ),
+        "pretrained": Key(
+            "str",
+            doc="local path of ImageNet backbone weights; empty = none",
+            default="pretrained/resnet101.pth",
+            resume=FREE,
+        ),
+        "random_init": Key(
+            "bool", doc="allow training without pretrained weights", default=False, resume=FREE
+        ),
+        "sync_bn": Key("bool", doc="SyncBatchNorm when distributed on GPUs", default=True),
     },
     "EMA": {
-        "alpha": Key("float", _unit, "in [0, 1]", "teacher EMA decay cap alpha_t"),
+        "alpha": Key("float", _unit, "in [0, 1]", "teacher EMA decay cap alpha_t", default=0.99),
     },
     "Optim": {
-        "lr": Key("float", _pos, "> 0", "base learning rate"),
-        "momentum": Key("float", lambda v: 0 <= v < 1, "in [0, 1)", "SGD momentum"),
-        "weight_decay": Key("float", _nonneg, ">= 0", "SGD weight decay"),
-        "nesterov": Key("bool", doc="Nesterov momentum"),
-        "power": Key("float", _pos, "> 0", "poly schedule power"),
-        "min_lr": Key("float", _nonneg, ">= 0", "floor of the poly schedule"),
+        "lr": Key("float", _pos, "> 0", "base learning rate", default=0.0064),
+        "momentum": Key("float", lambda v: 0 <= v < 1, "in [0, 1)", "SGD momentum", default=0.9),
+        "weight_decay": Key("float", _nonneg, ">= 0", "SGD weight decay", default=0.0005),
+        "nesterov": Key("bool", doc="Nesterov momentum", default=True),
+        "power": Key("float", _pos, "> 0", "poly schedule power", default=0.9),
+        "min_lr": Key("float", _nonneg, ">= 0", "floor of the poly schedule", default=0.0001),
     },
     "Dataset": {
-        "name": Key("str", _choice(DATASETS), f"one of {', '.join(DATASETS)}", "dataset layout"),
-        "data_dir": Key("str", lambda v: v != "", "a path", "dataset root"),
-        "txt_dir": Key("str", lambda v: v != "", "a path", "split folder root"),
-        "num_labels": Key("int", _pos, "> 0", "labeled images (selects the split folder)"),
+        "name": Key(
+            "str",
+            _choice(DATASETS),
+            f"one of {', '.join(DATASETS)}",
+            "dataset layout",
+            resume=MODEL,
+        ),
+        "data_dir": Key("str", lambda v: v != "", "a path", "dataset root", resume=FREE),
+        "txt_dir": Key("str", lambda v: v != "", "a path", "split folder root", resume=FREE),
+        "num_labels": Key(
+            "int", _pos, "> 0", "labeled images (selects the split folder)", resume=FIXED
+        ),
         "split": Key(
             "str",
             _folder_name,
             f"{SEED_SPLIT} or a plain folder name",
             f"split folder under <txt_dir>/<num_labels>/: {SEED_SPLIT} = the one named by Seed",
+            default="seed",
+            resume=FIXED,
         ),
-        "batch_size": Key("int", _pos, "> 0", "labeled = unlabeled images per process"),
-        "crop_size": Key("int2", lambda v: min(v) > 0, "two positive ints", "training crop [H, W]"),
+        "batch_size": Key(
+            "int", _pos, "> 0", "labeled = unlabeled images per process", default=8, resume=FIXED
+        ),
+        "crop_size": Key(
+            "int2",
+            lambda v: min(v) > 0,
+            "two positive ints",
+            "training crop [H, W]",
+            default=[512, 512],
+            resume=FIXED,
+        ),
         "scale_size": Key(
-            "float2", lambda v: 0 < v[0] <= v[1], "0 < min <= max", "random rescale range"
+            "float2",
+            lambda v: 0 < v[0] <= v[1],
+            "0 < min <= max",
+            "random rescale range",
+            default=[0.5, 1.5],
         ),
         "mix_mode": Key(
             "str",
             _choice(MIX_MODES),
             f"one of {', '.join(MIX_MODES)}",
             "mixing of the unlabeled batch",
+            default="cutmix",
         ),
-        "num_workers": Key("int", _nonneg, ">= 0", "data loader workers per process"),
+        "num_workers": Key(
+            "int", _nonneg, ">= 0", "data loader workers per process", default=4, resume=FREE
+        ),
         # the generic dataset of a folder of images and masks (Dataset.name: folder); folders
         # are relative to Dataset.data_dir, list files to the working directory
         "classes": _folder(
@@ -160,21 +230,36 @@ SCHEMA: dict[str, Any] = {
             check=_unique,
             expect="a list of distinct class names",
         ),
-        "image_dir": _folder("str", "training images (nested folders)", "", _relative, _INSIDE),
-        "label_dir": _folder("str", "their masks, the same relative paths", "", _relative, _INSIDE),
-        "train_list": _folder("str", "instead of the folders: a file of 'image [label]' lines", ""),
-        "unlabeled_dir": _folder(
-            "str", "more training images without masks", "", _relative, _INSIDE
+        "image_dir": _folder(
+            "str", "training images (nested folders)", "", _relative, _INSIDE, resume=FREE
         ),
-        "unlabeled_list": _folder("str", "or a file of such image paths, one a line", ""),
-        "val_image_dir": _folder("str", "validation images", "", _relative, _INSIDE),
-        "val_label_dir": _folder("str", "their masks", "", _relative, _INSIDE),
-        "val_list": _folder("str", "instead of the folders: a file of 'image label' lines", ""),
+        "label_dir": _folder(
+            "str", "their masks, the same relative paths", "", _relative, _INSIDE, resume=FREE
+        ),
+        "train_list": _folder(
+            "str", "instead of the folders: a file of 'image [label]' lines", "", resume=FREE
+        ),
+        "unlabeled_dir": _folder(
+            "str", "more training images without masks", "", _relative, _INSIDE, resume=FREE
+        ),
+        "unlabeled_list": _folder(
+            "str", "or a file of such image paths, one a line", "", resume=FREE
+        ),
+        "val_image_dir": _folder("str", "validation images", "", _relative, _INSIDE, resume=FREE),
+        "val_label_dir": _folder("str", "their masks", "", _relative, _INSIDE, resume=FREE),
+        "val_list": _folder(
+            "str", "instead of the folders: a file of 'image label' lines", "", resume=FREE
+        ),
         "image_suffix": _folder(
-            "str", "image file ending ('' = .jpg, .jpeg or .png)", "", _suffix, "'' or e.g. .jpg"
+            "str",
+            "image file ending ('' = .jpg, .jpeg or .png)",
+            "",
+            _suffix,
+            "'' or e.g. .jpg",
+            resume=FREE,
         ),
         "label_suffix": _folder(
-            "str", "mask file ending, e.g. _mask.png", ".png", _suffix, "e.g. .png"
+            "str", "mask file ending, e.g. _mask.png", ".png", _suffix, "e.g. .png", resume=FREE
         ),
         "label_format": _folder(
             "str",
@@ -189,75 +274,122 @@ SCHEMA: dict[str, Any] = {
             "int", "stored value of ignored pixels", IGNORE_VALUE, _byte, "in 0..255"
         ),
         "reduce_zero_label": _folder("bool", "stored 0 -> ignore, the others one lower", False),
-        "palette": _folder("colours", "colours of predicted masks ([] = VOC's or colors)", []),
+        "palette": _folder(
+            "colours", "colours of predicted masks ([] = VOC's or colors)", [], resume=FREE
+        ),
     },
     "Loss": {
-        "sup_loss": Key("str", _choice(SUP_LOSSES), "ce or ohem", "supervised loss"),
-        "ohem_thresh": Key("float", _unit, "in [0, 1]", "OHEM probability threshold"),
-        "ohem_min_kept": Key("int", _nonneg, ">= 0", "OHEM min kept pixels per image"),
-        "un_threshold": Key("float", _unit, "in [0, 1]", "confidence counted in the unsup weight"),
-        "weak_threshold": Key(
-            "float", _unit, "in [0, 1]", "pseudo-labeled pixel valid for the contrastive loss"
+        "sup_loss": Key("str", _choice(SUP_LOSSES), "ce or ohem", "supervised loss", default="ce"),
+        "ohem_thresh": Key("float", _unit, "in [0, 1]", "OHEM probability threshold", default=0.7),
+        "ohem_min_kept": Key(
+            "int", _nonneg, ">= 0", "OHEM min kept pixels per image", default=50000
         ),
-        "strong_threshold": Key("float", _unit, "in [0, 1]", "hard-anchor bound"),
-        "temp": Key("float", _pos, "> 0", "contrastive temperature and rep-space tau"),
-        "num_queries": Key("int", _pos, "> 0", "anchors per class"),
-        "num_negatives": Key("int", _pos, "> 0", "negatives per anchor"),
-        "alpha": Key("float", _unit, "in [0, 1]", "prototype EMA alpha_p"),
-        "warm_up": Key("int", _nonneg, ">= 0", "cross_label epochs on logit-space labels"),
+        "un_threshold": Key(
+            "float", _unit, "in [0, 1]", "confidence counted in the unsup weight", default=0.97
+        ),
+        "weak_threshold": Key(
+            "float",
+            _unit,
+            "in [0, 1]",
+            "pseudo-labeled pixel valid for the contrastive loss",
+            default=0.7,
+        ),
+        "strong_threshold": Key("float", _unit, "in [0, 1]", "hard-anchor bound", default=0.8),
+        "temp": Key("float", _pos, "> 0", "contrastive temperature and rep-space tau", default=0.5),
+        "num_queries": Key("int", _pos, "> 0", "anchors per class", default=256),
+        "num_negatives": Key("int", _pos, "> 0", "negatives per anchor", default=512),
+        "alpha": Key("float", _unit, "in [0, 1]", "prototype EMA alpha_p", default=0.99),
+        "warm_up": Key(
+            "int", _nonneg, ">= 0", "cross_label epochs on logit-space labels", default=20
+        ),
         "rep_un_threshold": Key(
             "float",
             _unit,
             "in [0, 1]",
             "cross_label after warm-up: rep-space confidence counted in the unsup weight",
+            default=0.97,
         ),
-        "weight_counts_ignored": Key("bool", doc="paper's unsup weight numerator (may exceed 1)"),
+        "weight_counts_ignored": Key(
+            "bool", doc="paper's unsup weight numerator (may exceed 1)", default=True
+        ),
     },
     "Ramp_Scheduler": {
-        "begin_epoch": Key("int", _nonneg, ">= 0", "contrastive weight is 0 before it"),
-        "max_epoch": Key("int", _pos, "> 0", "weight is min_value from it on"),
-        "max_value": Key("float", _nonneg, ">= 0", "weight at begin_epoch"),
-        "min_value": Key("float", _nonneg, ">= 0", "floor of the weight"),
-        "ramp_mult": Key("float", doc="exponent multiplier (-5)"),
+        "begin_epoch": Key("int", _nonneg, ">= 0", "contrastive weight is 0 before it", default=0),
+        "max_epoch": Key("int", _pos, "> 0", "weight is min_value from it on", default=200),
+        "max_value": Key("float", _nonneg, ">= 0", "weight at begin_epoch", default=1.0),
+        "min_value": Key("float", _nonneg, ">= 0", "floor of the weight", default=0.0),
+        "ramp_mult": Key("float", doc="exponent multiplier (-5)", default=-5.0),
     },
     "Training": {
-        "total_iter": Key("int", _pos, "> 0", "training iterations"),
-        "eval_interval": Key("int", _pos, "> 0", "evaluate the teacher every N iterations"),
-        "eval_mode": Key("str", _choice(EVAL_MODES), "whole, sliding or crop", "val protocol"),
+        "total_iter": Key("int", _pos, "> 0", "training iterations", default=80000),
+        "eval_interval": Key(
+            "int", _pos, "> 0", "evaluate the teacher every N iterations", default=4000, resume=FREE
+        ),
+        "eval_mode": Key(
+            "str",
+            _choice(EVAL_MODES),
+            "whole, sliding or crop",
+            "val protocol",
+            default="whole",
+            resume=FREE,
+        ),
         "eval_crop_size": Key(
             "int2",
             lambda v: min(v) > 0,
             "two positive ints",
             "window of the sliding / crop protocols",
+            default=[512, 512],
+            resume=FREE,
         ),
-        "save_interval": Key("int", _pos, "> 0", "iterations between latest.pth writes"),
-        "log_interval": Key("int", _pos, "> 0", "iterations between log lines"),
-        "amp": Key("bool", doc="mixed precision on GPU (bf16 where supported, else fp16)"),
-        "compile": Key("bool", doc="torch.compile the student"),
-        "channels_last": Key("bool", doc="channels_last memory format on GPU"),
-        "joint_forward": Key("bool", doc="labeled + unlabeled through one student forward"),
-        "teacher_on_labeled": Key("bool", doc="paper quirk: teacher also runs on labeled batch"),
+        "save_interval": Key(
+            "int", _pos, "> 0", "iterations between latest.pth writes", default=1000, resume=FREE
+        ),
+        "log_interval": Key(
+            "int", _pos, "> 0", "iterations between log lines", default=20, resume=FREE
+        ),
+        "amp": Key(
+            "bool", doc="mixed precision on GPU (bf16 where supported, else fp16)", default=True
+        ),
+        "compile": Key("bool", doc="torch.compile the student", default=False),
+        "channels_last": Key("bool", doc="channels_last memory format on GPU", default=True),
+        "joint_forward": Key(
+            "bool", doc="labeled + unlabeled through one student forward", default=False
+        ),
+        "teacher_on_labeled": Key(
+            "bool", doc="paper quirk: teacher also runs on labeled batch", default=False
+        ),
     },
 }
 
 
-# Keys added to the schema after checkpoints were first written, each with the value that
-# reproduces what a config written before it meant (the standard widths; the split folder
-# named by the seed). ``with_added_keys`` fills them into an older checkpoint's config.
-ADDED_KEYS: dict[str, Any] = {
-    "Network.base_width": 64,
-    "Network.decoder_channels": 256,
-    "Dataset.split": SEED_SPLIT,
-}
+def keys_of(*resume: str) -> tuple[str, ...]:
+    """The dotted keys whose ``Key.resume`` is one of ``resume``, in schema order."""
+    return tuple(k for k in all_keys() if spec_of(k).resume in resume)
 
 
-def with_added_keys(cfg: dict) -> dict:
-    """A copy of (an older) ``cfg`` with the keys of ``ADDED_KEYS`` it lacks filled in."""
+def spec_of(dotted: str) -> Key:
+    """The ``Key`` of ``Section.key`` (or ``Seed``)."""
+    section, _, key = dotted.partition(".")
+    return SCHEMA[section][key] if key else SCHEMA[section]
+
+
+def with_defaults(cfg: dict) -> dict:
+    """A copy of (an older checkpoint's) ``cfg`` with every key it lacks that has a default
+    filled in with it (a key of another dataset's left out): what a config written before
+    the key existed meant."""
     cfg = copy.deepcopy(cfg)
-    for dotted, value in ADDED_KEYS.items():
-        section, key = dotted.split(".")
-        if isinstance(cfg.get(section), dict):
-            cfg[section].setdefault(key, value)
+    name = cfg.get("Dataset", {}).get("name") if isinstance(cfg.get("Dataset"), dict) else None
+    for section, spec in SCHEMA.items():
+        if isinstance(spec, Key):
+            if spec.default is not REQUIRED:
+                cfg.setdefault(section, copy.deepcopy(spec.default))
+            continue
+        node = cfg.setdefault(section, {})
+        if not isinstance(node, dict):
+            continue
+        for key, kspec in spec.items():
+            if kspec.default is not REQUIRED and kspec.dataset in ("", name):
+                node.setdefault(key, copy.deepcopy(kspec.default))
     return cfg
 
 
@@ -388,12 +520,15 @@ def validate(cfg: Any, source: str = "config") -> dict:
                 if isinstance(spec, dict) and key not in spec:
                     raise unknown_key(source, f"{name}.{key}")
     for name, spec in SCHEMA.items():
-        if name not in cfg:
-            raise UserError(f"{source}: missing key {name}")
-        value = cfg[name]
         if isinstance(spec, Key):
-            out[name] = _check(name, spec, value)
+            if name in cfg:
+                out[name] = _check(name, spec, cfg[name])
+            elif spec.default is REQUIRED:
+                raise UserError(f"{source}: missing key {name}")
+            else:
+                out[name] = copy.deepcopy(spec.default)
             continue
+        value = cfg.get(name, {})  # a section left out: its keys' defaults
         if not isinstance(value, dict):
             raise _fail(name, value, "a section (mapping)")
         section = {}
@@ -522,6 +657,12 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         dotted, raw = item.split("=", 1)
         parts = dotted.split(".")
         node = cfg
+        if len(parts) == 2 and isinstance(SCHEMA.get(parts[0]), dict):
+            node.setdefault(parts[0], {})  # a section left out of the file: its defaults
+        elif len(parts) == 1 and isinstance(SCHEMA.get(dotted), Key):
+            spec = SCHEMA[dotted]
+            if spec.default is not REQUIRED:
+                node.setdefault(dotted, copy.deepcopy(spec.default))
         for part in parts[:-1]:
             if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
                 hint = did_you_mean(dotted, all_keys())
@@ -563,13 +704,28 @@ def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 
 
+def keys_help() -> str:
+    """Every key of the schema, one a line: its default (the paper's VOC value; "required":
+    none) and its meaning; a key of one dataset says which."""
+    lines = []
+    for dotted in all_keys():
+        spec = spec_of(dotted)
+        default = "required" if spec.default is REQUIRED else json.dumps(spec.default)
+        only = f" (Dataset.name {spec.dataset} only)" if spec.dataset else ""
+        lines.append(f"  {dotted} = {default}: {spec.doc}{only}")
+    return "\n".join(lines)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m engine.config",
         description="Print the merged, validated config (what a run with these arguments "
-        "would use),\nor stop with one line naming the bad key and value.",
+        "would use),\nor stop with one line naming the bad key and value. A key a config "
+        "leaves out takes its default.",
         epilog="example:\n  python -m engine.config configs/voc.yaml Dataset.num_labels=183 "
-        "Dataset.split=3407 Seed=1\n",
+        "Dataset.split=3407 Seed=1\n\nkeys (= default, the paper's VOC value):\n"
+        + keys_help()
+        + "\n",
     )
     p.add_argument("config", metavar="CONFIG", help="YAML config file")
     p.add_argument(

@@ -9,52 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.config import with_added_keys
+from engine.config import FIXED, FREE, MODEL, keys_of, with_defaults
 from engine.data import split_name
 from engine.run import iters_per_epoch
 from utils.errors import UserError
 
+# The schema's ``Key.resume`` of each key (engine/config.py) says whether a resume may change it.
 # Keys that define the model (and its classes): a checkpoint only fits a config that agrees.
-MODEL_KEYS = (
-    "Network.backbone",
-    "Network.num_class",
-    "Network.output_stride",
-    "Network.rep_dim",
-    "Network.base_width",
-    "Network.decoder_channels",
-    "Dataset.name",
-)
+MODEL_KEYS = keys_of(MODEL)
 # Keys that must not change when a run is resumed.
-RESUME_FIXED = (
-    "Seed",
-    *MODEL_KEYS,
-    "Dataset.num_labels",
-    "Dataset.split",
-    "Dataset.batch_size",
-    "Dataset.crop_size",
-)
+RESUME_FIXED = keys_of(MODEL, FIXED)  # in schema order: Seed, the model keys, ...
 # Keys that may change when a run is resumed: where the files are, and how often and how the
 # loop logs, saves and evaluates. They leave the trained weights as they are. Every other key
 # (schedule, optimiser, losses, precision, ...) changes the rest of the run: a resume that
 # changes one is refused unless asked for (``--allow-changes``), and then logged.
-RESUME_FREE = (
-    "Dataset.data_dir",
-    "Dataset.txt_dir",
-    # a folder dataset's folders, list files, file endings and display colours
-    *(
-        f"Dataset.{key}"
-        for key in ("image_dir", "label_dir", "train_list", "unlabeled_dir", "unlabeled_list")
-        + ("val_image_dir", "val_label_dir", "val_list", "image_suffix", "label_suffix", "palette")
-    ),
-    "Dataset.num_workers",
-    "Network.pretrained",
-    "Network.random_init",
-    "Training.eval_interval",
-    "Training.eval_mode",
-    "Training.eval_crop_size",
-    "Training.save_interval",
-    "Training.log_interval",
-)
+RESUME_FREE = keys_of(FREE)
 
 
 def config_value(cfg: dict, dotted: str) -> Any:
@@ -88,13 +57,14 @@ def describe_changes(saved: dict, cfg: dict, keys: list[str]) -> str:
 
 
 def check_resume_compatible(
-    saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] = RESUME_FIXED
+    saved: dict, cfg: dict, path: Path, keys: tuple[str, ...] | None = None
 ) -> None:
     """Refuse a checkpoint whose config differs from ``cfg`` in ``keys`` (named in the error).
 
-    A key the checkpoint's (older) config lacks counts as its ``ADDED_KEYS`` value.
+    A key the checkpoint's (older) config lacks counts as its default.
     """
-    saved = with_added_keys(saved)
+    keys = keys_of(MODEL, FIXED) if keys is None else keys  # RESUME_FIXED, read now
+    saved = with_defaults(saved)
     diff = [k for k in keys if _compared(saved, k) != _compared(cfg, k)]
     if diff:
         shown = describe_changes(saved, cfg, diff)
@@ -107,14 +77,13 @@ def check_resume(state: dict, cfg: dict, world: int, path: Path, allow: bool) ->
     processes while the run still has iterations to train (the effective batch, the epoch
     length and the data order follow it). Refused naming them unless ``allow``; returns the
     lines to log (none for an exact resume). ``RESUME_FIXED`` keys are checked before."""
-    saved = with_added_keys(state["config"])  # compared as check_resume_compatible does
+    saved = with_defaults(state["config"])  # compared as check_resume_compatible does
     keys = dict.fromkeys(dotted_keys(cfg) + dotted_keys(saved))
+    may_not, may = keys_of(MODEL, FIXED), keys_of(FREE)  # RESUME_FIXED, RESUME_FREE, read now
     changed = [
         k
         for k in keys
-        if k not in RESUME_FIXED
-        and k not in RESUME_FREE
-        and _compared(saved, k) != _compared(cfg, k)
+        if k not in may_not and k not in may and _compared(saved, k) != _compared(cfg, k)
     ]
     found, notes = [], []
     if changed:

@@ -1,5 +1,7 @@
 """The strict config loader: every kind of bad value stops with one line and exit status 2."""
 
+import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import SCHEMA, Key, apply_overrides, load_config, validate
+from engine.config import REQUIRED, SCHEMA, Key, all_keys, apply_overrides, load_config, validate
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,15 +152,6 @@ def test_yaml_errors_keep_their_cause(tmp_path):
     assert message.startswith(f"{bad}: line 4: not valid YAML: ") and "expected" in message
 
 
-def test_missing_key():
-    cfg = raw()
-    del cfg["Dataset"]["crop_size"]
-    _bad(cfg, r"missing key Dataset\.crop_size")
-    cfg = raw()
-    del cfg["Seed"]
-    _bad(cfg, r"missing key Seed")
-
-
 @pytest.mark.parametrize(
     "section,key,value,match",
     [
@@ -201,7 +194,10 @@ def test_narrow_backbone_may_take_pretrained_weights():
     """Any base width may load a weights file; whether its tensors fit is the loader's check
     (tests/test_network.py), which names the keys."""
     cfg = raw("voc")
-    assert (cfg["Network"]["base_width"], cfg["Network"]["decoder_channels"]) == (64, 256)
+    assert (
+        validate(cfg)["Network"]["base_width"],
+        validate(cfg)["Network"]["decoder_channels"],
+    ) == (64, 256)
     cfg["Network"]["base_width"] = 16
     assert validate(cfg)["Network"]["base_width"] == 16
 
@@ -273,3 +269,88 @@ def test_invalid_yaml_names_file(tmp_path):
     bad.write_text("Seed: [1,\n")
     with pytest.raises(UserError, match="bad.yaml"):
         load_config(bad)
+
+
+# ------------------------------------------------------------------------------ the schema
+
+
+def readme_keys(text: str) -> set[str]:
+    """The keys the README's Configuration table names (``Section.*`` = the whole section)."""
+    table = text.split("| key | meaning |", 1)[1].split("\n\n", 1)[0]
+    keys: set[str] = set()
+    for row in table.splitlines()[2:]:
+        for name in re.findall(r"`([A-Z][\w]*(?:\.[\w*]+)?)`", row.split(" | ")[0]):
+            section, _, key = name.partition(".")
+            keys |= set(f"{section}.{k}" for k in SCHEMA[section]) if key == "*" else {name}
+    return keys
+
+
+def test_readme_key_table_lists_the_schemas_keys() -> None:
+    """Fails naming a schema key the README's table lacks, or a key it lists that the schema
+    does not have."""
+    listed = readme_keys((ROOT / "README.md").read_text())
+    schema = set(all_keys())
+    assert not schema - listed, f"keys missing from README's table: {sorted(schema - listed)}"
+    assert not listed - schema, f"README lists keys the schema lacks: {sorted(listed - schema)}"
+
+
+def test_missing_key_takes_its_default_unless_required():
+    cfg = raw()
+    del cfg["Dataset"]["crop_size"], cfg["Loss"]
+    out = validate(cfg)
+    assert out["Dataset"]["crop_size"] == [512, 512] and out["Loss"]["temp"] == 0.5
+    for section, key in (("Dataset", "num_labels"), ("Network", "num_class")):
+        cfg = raw()
+        del cfg[section][key]
+        _bad(cfg, rf"missing key {section}\.{key}")
+    assert SCHEMA["Seed"].default == 3407  # the paper's
+
+
+def test_defaults_are_the_papers_voc_values_and_voc_yaml_only_repeats_them():
+    """configs/voc.yaml names values a reader of the paper looks for; each equals its default."""
+    for section, keys in raw("voc").items():
+        for key, value in keys.items():
+            default = SCHEMA[section][key].default
+            if default is not REQUIRED:
+                assert validate({**raw(), section: {**raw()[section], key: value}})  # valid
+                assert value == default, (section, key)
+
+
+def test_a_full_config_whose_values_are_the_defaults_stays_valid():
+    full = load_config(ROOT / "configs" / "voc.yaml")
+    assert validate(copy.deepcopy(full)) == full
+
+
+def test_a_key_added_in_one_place_reaches_configs_resume_evaluate_and_help(monkeypatch):
+    """One declaration in the schema: configs read its default, an older checkpoint's config
+    (without the key) resumes and is read by evaluate's config check, overrides take it,
+    ``python -m engine.config --help`` lists it, and the README check names it."""
+    from engine.checkpoints import inference_config
+    from engine.resume import check_resume, check_resume_compatible
+
+    old = load_config(ROOT / "configs" / "demo.yaml")  # written before the key existed
+    new_key = Key("float", _unit_check, "in [0, 1]", "a new loss weight", default=0.25)
+    monkeypatch.setitem(SCHEMA["Loss"], "new_weight", new_key)
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert cfg["Loss"]["new_weight"] == 0.25
+    assert load_config(ROOT / "configs" / "voc.yaml")["Loss"]["new_weight"] == 0.25
+    assert load_config(ROOT / "configs" / "demo.yaml", ["Loss.new_weight=1"])["Loss"][
+        "new_weight"
+    ] == pytest.approx(1.0)
+    path = Path("run/latest.pth")
+    check_resume_compatible(old, cfg, path)
+    assert check_resume({"config": old, "iteration": 1, "world_size": 1}, cfg, 1, path, False) == []
+    changed = load_config(ROOT / "configs" / "demo.yaml", ["Loss.new_weight=0.5"])
+    with pytest.raises(UserError, match=r"Loss.new_weight \(0.25 -> 0.5\)"):
+        check_resume({"config": old, "iteration": 1, "world_size": 1}, changed, 1, path, False)
+    assert inference_config({"config": old}, path, None)["Loss"]["new_weight"] == 0.25
+    assert inference_config({"config": old}, path, ROOT / "configs" / "demo.yaml") == cfg
+    from engine.config import build_parser
+
+    assert "Loss.new_weight = 0.25: a new loss weight" in build_parser().format_help()
+    assert "Loss.new_weight" not in readme_keys((ROOT / "README.md").read_text())
+    assert "Loss.new_weight" in all_keys()
+
+
+def _unit_check(v: float) -> bool:
+    return 0 <= v <= 1

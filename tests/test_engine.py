@@ -241,7 +241,7 @@ def test_checkpoint_config_lacking_a_key_reads_as_before_the_key() -> None:
         check_resume_compatible(old, cfg, Path("old.pth"), MODEL_KEYS)
     message = str(err.value)
     assert "old.pth" in message and "\n" not in message
-    # written before the width keys existed = the standard network (ADDED_KEYS)
+    # written before the width keys existed = the standard network (their defaults)
     assert "Network.base_width (64 -> 16)" in message
     assert "Network.decoder_channels (256 -> 64)" in message
     standard = load_config(
