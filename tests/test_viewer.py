@@ -165,3 +165,40 @@ def test_the_viewer_reads_a_paper_code_checkpoint_and_refuses_one_without_protot
     assert viewer.main(["--checkpoint", str(bare), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {bare}: no prototypes")
+
+
+def test_the_viewer_adds_the_ground_truth_and_another_checkpoints_prediction(tiny_ckpt, tmp_path):
+    from tools import show_pseudo_labels as viewer
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 19, (H, W)).astype(np.uint8)
+    truth[: H // 3] = 255  # ignored: drawn black
+    label = tmp_path / "truth.png"
+    Image.fromarray(truth).save(label)
+    state = torch.load(tiny_ckpt["ckpt"], weights_only=False)
+    other = {k: v.clone() for k, v in state["student"].items()}
+    head = next(k for k in other if k.endswith("weight") and other[k].shape[0] == 19)
+    other[head] = -other[head]  # another network: its prediction differs from the teacher's
+    baseline = tmp_path / "supervised" / "best.pth"
+    baseline.parent.mkdir()
+    torch.save({**state, "student": other, "strategy": "supervised"}, baseline)
+    out = tmp_path / "pseudo.png"
+    argv = ["--checkpoint", str(tiny_ckpt["ckpt"]), "--input", str(tiny_ckpt["image"])]
+    extra = ["--label", str(label), "--compare", str(baseline), "--output", str(out)]
+    assert viewer.main([*argv, *extra]) == 0
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    scale = -(-viewer.MIN_PANEL // H)
+    assert sheet.shape[1] == 8 * (W * scale + viewer.GAP) + viewer.GAP
+    colours = np.asarray(cityscapes_palette(), np.uint8).reshape(-1, 3)
+    expected_truth = np.where(truth[..., None] == 255, 0, colours[np.minimum(truth, 18)])
+    assert (panel(sheet, 1) == expected_truth).all(-1).mean() > 0.99
+    model = build_network(tiny_ckpt["cfg"]).eval()
+    model.load_state_dict(other)
+    y_other = expected_maps(model, tiny_ckpt["proto"], tiny_ckpt["image"], 0.5)[0]
+    y_cls = expected_maps(tiny_ckpt["model"], tiny_ckpt["proto"], tiny_ckpt["image"], 0.5)[0]
+    assert (y_other != y_cls).mean() > 0.1
+    assert (panel(sheet, 2) == colours[y_other]).all(-1).mean() > 0.99  # the student's
+    assert (panel(sheet, 3) == colours[y_cls]).all(-1).mean() > 0.99  # then y_cls as before
+    wrong = tmp_path / "small.png"
+    Image.fromarray(truth[:-1]).save(wrong)
+    assert viewer.main([*argv, "--label", str(wrong), "--output", str(out)]) == 2

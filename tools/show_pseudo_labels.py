@@ -11,6 +11,11 @@ come from utils.strategies.teacher_predictions, the function the training step u
 The teacher runs in eval mode (BatchNorm running statistics); --train-bn runs it as the
 training step does, in train mode (here the statistics of this one image). The config is the
 checkpoint's own (--config for another, or for a checkpoint of the paper code).
+
+Two optional panels go after the image: --label, the ground truth (a PNG of stored class
+indices; values outside 0..C-1, void or ignore, are drawn black), and --compare, the
+prediction of another checkpoint's evaluated network (e.g. the supervised baseline's student;
+its own config), so one picture holds image, truth, baseline, this teacher's two spaces.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ from PIL import Image, ImageDraw, ImageFont
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.base import read_image  # noqa: E402
+from dataset.base import read_image, read_label_array  # noqa: E402
 from dataset.transforms import normalize  # noqa: E402
-from engine.checkpoints import inference_config, load_trained_checkpoint  # noqa: E402
+from engine.checkpoints import (  # noqa: E402
+    inference_config,
+    load_trained_checkpoint,
+    result_model_key,
+)
 from engine.data import class_names, palette  # noqa: E402
 from engine.run import build_network_for_eval  # noqa: E402
 from utils.checkpoint import load_weights  # noqa: E402
@@ -47,6 +56,9 @@ EXAMPLES = """examples:
       --input data/FashionScenes/JPEGImages/train_00042.jpg --output pseudo.png
   python tools/show_pseudo_labels.py --checkpoint best_model.pth --config configs/voc.yaml \\
       --input 2007_000032.jpg        # a checkpoint of the paper code
+  python tools/show_pseudo_labels.py --checkpoint runs/camvid_mix/best.pth \\
+      --input data/camvid/test/0001TP_008550.png --label data/camvid/testannot/0001TP_008550.png \\
+      --compare runs/camvid_sup/best.pth    # with the truth and the supervised prediction
 """
 
 
@@ -65,6 +77,18 @@ def build_parser() -> ArgumentParser:
         default=None,
         metavar="YAML",
         help="use this config instead of the checkpoint's own",
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        metavar="PNG",
+        help="ground truth of the image (stored class indices; others drawn black)",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="PTH",
+        help="another checkpoint whose evaluated network's prediction is drawn too",
     )
     p.add_argument(
         "--train-bn",
@@ -94,7 +118,18 @@ def pseudo_label_maps(
 
 
 def colour(label: np.ndarray, palette: list[int]) -> np.ndarray:
-    return np.asarray(palette, np.uint8).reshape(-1, 3)[label]
+    """Class indices -> palette colours; an index outside the palette's classes is black."""
+    colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+    inside = (label >= 0) & (label < len(colours))
+    return np.where(inside[..., None], colours[np.where(inside, label, 0)], 0).astype(np.uint8)
+
+
+@torch.no_grad()
+def prediction(net: torch.nn.Module, img: torch.Tensor) -> np.ndarray:
+    """The argmax of ``net`` (eval mode) for one ``uint8 [3,H,W]`` image, at its size."""
+    logits, _ = net(normalize(img[None]))
+    size = tuple(img.shape[-2:])
+    return teacher_predictions(logits, None, None, 1.0, size, need_rep=False).y_cls[0].numpy()
 
 
 def ramp(conf: np.ndarray) -> np.ndarray:
@@ -128,14 +163,17 @@ def picture(
     palette: list[int],
     thresholds: tuple[float, float],
     note: str = "",
+    extra: list[tuple[str, str, np.ndarray]] = (),
 ) -> Image.Image:
-    """The panels side by side with their titles, the legend below."""
+    """The panels side by side with their titles, the legend below; ``extra`` label maps
+    ``(title, second line, labels)`` go right after the image."""
     y_cls, y_rep = t.y_cls[0].cpu().numpy(), t.y_rep[0].cpu().numpy()
     conf_cls, conf_rep = t.conf_cls[0].cpu().numpy(), t.conf_rep[0].cpu().numpy()
     agree = y_cls == y_rep
     un, weak = thresholds
     panels = [  # (title, second line, picture)
         ("image", "", img),
+        *((title, line, colour(labels, palette)) for title, line, labels in extra),
         ("y_cls", "logit space", colour(y_cls, palette)),
         ("y_rep", "representation space", colour(y_rep, palette)),
         ("agreement", f"{100 * agree.mean():.0f}% agree (green), the rest not (red)",
@@ -147,7 +185,8 @@ def picture(
     scale = max(1, -(-MIN_PANEL // h))
     ph, pw = h * scale, w * scale
     font, small = _font(15), _font(13)
-    present = sorted(set(np.unique(y_cls).tolist()) | set(np.unique(y_rep).tolist()))
+    shown = [y_cls, y_rep, *(labels for _, _, labels in extra)]
+    present = sorted({c for m in shown for c in np.unique(m).tolist() if 0 <= c < len(names)})
     per_row = max(2, (len(panels) * (pw + GAP)) // 170)
     legend_rows = -(-(len(present) + 2) // per_row) + (1 if note else 0)  # + the ramp
     width = len(panels) * (pw + GAP) + GAP
@@ -182,6 +221,34 @@ def picture(
     return sheet
 
 
+def extra_panels(args, img: torch.Tensor, names: tuple[str, ...]) -> list:
+    """The --label and --compare panels (class maps at the image's size)."""
+    extra = []
+    if args.label:
+        label = read_label_array(Path(args.label))
+        if label.shape != tuple(img.shape[-2:]):
+            raise UserError(
+                f"--label {args.label} is {label.shape[1]}x{label.shape[0]} (WxH) but the "
+                f"image is {img.shape[-1]}x{img.shape[-2]}"
+            )
+        void = float((label >= len(names)).mean())
+        extra.append(("ground truth", f"{100 * void:.0f}% void / ignored (black)", label))
+    if args.compare:
+        path = Path(args.compare)
+        state = load_trained_checkpoint(path)
+        cfg = inference_config(state, path, args.config, args.overrides)
+        if class_names(cfg) != names:
+            raise UserError(f"--compare {path}: its classes differ from the checkpoint's")
+        net = build_network_for_eval(cfg)
+        key = result_model_key(state)
+        load_weights(net, state[key], f"{path} ({key})")
+        strategy = state.get("strategy") or "checkpoint"
+        extra.append(
+            (f"{strategy} prediction", f"{path.parent.name} ({key})", prediction(net.eval(), img))
+        )
+    return extra
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -207,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         img = read_image(Path(args.input))  # a bad file is a UserError naming it
         loss = cfg["Loss"]
         maps = pseudo_label_maps(teacher, proto, img, loss["temp"])
+        extra = extra_panels(args, img, class_names(cfg))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         palette(cfg),
         (loss["un_threshold"], loss["weak_threshold"]),
         note,
+        extra,
     )
     out = Path(args.output or f"{Path(args.input).stem}_pseudo_labels.png")
     out.parent.mkdir(parents=True, exist_ok=True)
