@@ -15,8 +15,8 @@ import copy
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -620,6 +620,85 @@ def _check_folder(data: dict, num_class: int) -> None:
     colours = [tuple(c) for c in data["colors"] + data["ignore_colors"]]
     if len(set(colours)) != len(colours):
         raise _fail("Dataset.colors", data["colors"], "distinct colours (ignore_colors too)")
+
+
+# --------------------------------------------------------------------------- typed access
+
+# The Python type of each Key.kind (lists become tuples: a section is frozen all the way down).
+KIND_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str": str,
+    "int2": tuple[int, int],
+    "float2": tuple[float, float],
+    "strs": tuple[str, ...],
+    "colours": tuple[tuple[int, int, int], ...],
+}
+
+
+class Section:
+    """Base of the typed config (:func:`typed`): frozen dataclasses generated from ``SCHEMA``,
+    one field per key, so a key is still declared once. A name the schema lacks is an
+    ``AttributeError`` that names the closest key."""
+
+    def __getattr__(self, name: str) -> Any:  # called only for a name that is not a field
+        if name.startswith("__"):
+            raise AttributeError(name)
+        hint = did_you_mean(name, [f.name for f in fields(self)])  # type: ignore[arg-type]
+        raise AttributeError(f"config section {type(self).__name__} has no key {name!r}{hint}")
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (of lists) as tuples."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def attribute_of(section: str) -> str:
+    """The attribute of a schema section in :func:`typed`: ``Ramp_Scheduler`` ->
+    ``ramp_scheduler``, ``EMA`` -> ``ema``, ``Seed`` -> ``seed``."""
+    return section.lower()
+
+
+def section_class(name: str) -> type[Section]:
+    """The frozen dataclass of the schema section ``name`` (as the schema is now): a field per
+    key, of its kind's type, with its default; a key of one dataset (``Key.dataset``) is None
+    where the config's dataset does not read it."""
+    specs: list[tuple] = []
+    for key, spec in SCHEMA[name].items():
+        kind, meta = KIND_TYPES[spec.kind], {"doc": spec.doc}
+        if spec.dataset:
+            specs.append((key, kind | None, field(default=None, metadata=meta)))
+        elif spec.default is REQUIRED:
+            specs.append((key, kind, field(metadata=meta)))
+        else:
+            specs.append((key, kind, field(default=_frozen(spec.default), metadata=meta)))
+    return make_dataclass(name, specs, bases=(Section,), frozen=True, kw_only=True)
+
+
+def config_section(name: str, /, **values: Any) -> Section:
+    """The schema section ``name`` with ``values``, its other keys at their defaults (tests and
+    tools that call one stage of the step)."""
+    return section_class(name)(**{key: _frozen(v) for key, v in values.items()})
+
+
+def typed(cfg: Mapping[str, Any]) -> Section:
+    """The validated config ``cfg`` as frozen dataclasses: ``typed(cfg).loss.un_threshold`` is
+    ``cfg["Loss"]["un_threshold"]``. The dict stays what checkpoints and ``config.yaml``
+    hold; this is how the engine reads it."""
+    specs: list[tuple] = []
+    values: dict[str, Any] = {}
+    for name, spec in SCHEMA.items():
+        attr = attribute_of(name)
+        if isinstance(spec, Key):
+            specs.append((attr, KIND_TYPES[spec.kind]))
+            values[attr] = _frozen(cfg[name])
+        else:
+            cls = section_class(name)
+            specs.append((attr, cls))
+            values[attr] = cls(**{key: _frozen(v) for key, v in cfg[name].items()})
+    config = make_dataclass("Config", specs, bases=(Section,), frozen=True, kw_only=True)
+    return config(**values)
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -139,7 +139,7 @@ def check_finite(run: Run, values: dict[str, float]) -> None:
 def batches(run: Run) -> Iterator[tuple[dict, dict | None]]:
     """Endless ``(labeled, unlabeled)`` batches from the run's position on (unlabeled: None
     for a strategy without pseudo-labels); the two loaders cycle independently."""
-    cfg, seed, bs = run.cfg, run.cfg["Seed"], run.cfg["Dataset"]["batch_size"]
+    cfg, seed, bs = run.cfg, run.config.seed, run.config.dataset.batch_size
     sampler_l = EpochBatchSampler(len(run.datasets["labeled"]), bs, seed, 0, run.rank, run.world)
     loader_l = make_loader(run.datasets["labeled"], sampler_l, cfg, run.device)
     batches_l = cycle(loader_l, sampler_l, run.iteration)
@@ -156,8 +156,8 @@ def batches(run: Run) -> Iterator[tuple[dict, dict | None]]:
 
 def set_learning_rate(run: Run) -> None:
     """The poly schedule at this iteration."""
-    opt, total = run.cfg["Optim"], run.cfg["Training"]["total_iter"]
-    lr = poly_lr(opt["lr"], run.iteration, total, opt["power"], opt["min_lr"])
+    opt, total = run.config.optim, run.config.training.total_iter
+    lr = poly_lr(opt.lr, run.iteration, total, opt.power, opt.min_lr)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
 
@@ -187,18 +187,18 @@ def log_record(run: Run, avg: MetricAverager, metrics: MetricsWriter) -> None:
 
 def run_eval(run: Run) -> tuple[float, torch.Tensor]:
     """mIoU and per-class IoU of the run's result network on the validation set (sharded)."""
-    tr = run.cfg["Training"]
+    cfg = run.config
     sync_buffers(run.student, run.teacher)
     cm = evaluate(
         run.result_model,
         run.datasets["valid"],
-        run.cfg["Network"]["num_class"],
+        cfg.network.num_class,
         run.device,
-        mode=tr["eval_mode"],
-        crop=tr["eval_crop_size"],
-        num_workers=min(2, run.cfg["Dataset"]["num_workers"]),
+        mode=cfg.training.eval_mode,
+        crop=cfg.training.eval_crop_size,
+        num_workers=min(2, cfg.dataset.num_workers),
         amp_dtype=run.amp_dtype,
-        batch_size=run.cfg["Dataset"]["batch_size"],
+        batch_size=cfg.dataset.batch_size,
     )
     return cm.miou(), cm.iou()
 
@@ -222,8 +222,8 @@ def schedule_lines(run: Run) -> list[str]:
     """The per-epoch schedule in iterations: an epoch is one pass over the labeled loader
     (``num_labels / (batch x processes)``, as in the paper code), so the contrastive ramp-down
     and cross_label's warm-up end earlier with more processes."""
-    cfg, ipe, world = run.cfg, run.iters_per_epoch, run.world
-    bs, total = cfg["Dataset"]["batch_size"], cfg["Training"]["total_iter"]
+    cfg, ipe, world = run.config, run.iters_per_epoch, run.world
+    bs, total = cfg.dataset.batch_size, cfg.training.total_iter
     batch = f"{bs * world} labeled"
     if run.strategy.semi_supervised:
         batch += f" + {bs * world} unlabeled"
@@ -240,14 +240,14 @@ def schedule_lines(run: Run) -> list[str]:
         f"{total} iterations = {total / ipe:.4g} epochs"
     ]
     if run.strategy.ramps_contrast:
-        r = cfg["Ramp_Scheduler"]
-        start = f"0 up to {upto(r['begin_epoch'])}, then " if r["begin_epoch"] > 0 else ""
+        r = cfg.ramp_scheduler
+        start = f"0 up to {upto(r.begin_epoch)}, then " if r.begin_epoch > 0 else ""
         lines.append(
-            f"contrastive weight: {start}ramps down from {r['max_value']:g} until "
-            f"{upto(r['max_epoch'])}, {r['min_value']:g} after"
+            f"contrastive weight: {start}ramps down from {r.max_value:g} until "
+            f"{upto(r.max_epoch)}, {r.min_value:g} after"
         )
     if run.strategy.warms_up:
-        w = cfg["Loss"]["warm_up"]
+        w = cfg.loss.warm_up
         lines.append(
             f"{run.strategy.name} warm-up: the unsupervised CE learns from logit-space labels "
             f"until {upto(w)}, from representation-space labels after"
@@ -257,7 +257,7 @@ def schedule_lines(run: Run) -> list[str]:
 
 def progress_bar(run: Run) -> tqdm:
     return tqdm(
-        total=run.cfg["Training"]["total_iter"],
+        total=run.config.training.total_iter,
         initial=run.iteration,
         desc=run.strategy.name,
         dynamic_ncols=True,
@@ -271,18 +271,18 @@ def progress_bar(run: Run) -> tqdm:
 
 def train(run: Run, work_dir: Path) -> dict:
     """Train from ``run.iteration`` to ``Training.total_iter``; return the summary."""
-    tr = run.cfg["Training"]
+    tr = run.config.training
     for line in schedule_lines(run):
         log.info(line)
     metrics, avg = MetricsWriter(work_dir), MetricAverager()
     stream = batches(run)
     run.started, run.stopped = time.time(), None
-    if run.iteration >= tr["total_iter"]:
+    if run.iteration >= tr.total_iter:
         run.stopped = run.started  # nothing to train: wall_seconds stays the checkpoint's
         log.info(
             "the run is complete (iteration %d of %d): evaluating its %s",
             run.iteration,
-            tr["total_iter"],
+            tr.total_iter,
             run.strategy.evaluates.value,
         )
     bar = progress_bar(run)
@@ -298,10 +298,10 @@ def train(run: Run, work_dir: Path) -> dict:
 
 def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWriter, avg):
     """The steps up to ``Training.total_iter``; the last evaluation (None if there was none)."""
-    tr, seed = run.cfg["Training"], run.cfg["Seed"]
+    tr, seed = run.config.training, run.config.seed
     last_eval = None
     t_data = time.perf_counter()
-    while run.iteration < tr["total_iter"]:
+    while run.iteration < tr.total_iter:
         batch_l, batch_u = next(stream)
         data_time = time.perf_counter() - t_data
         set_learning_rate(run)
@@ -318,15 +318,15 @@ def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWri
         avg.add(values)
         bar.update(1)
         bar.set_postfix({k: f"{values[k]:.3f}" for k in LOSS_TERMS[:3] if k in values})
-        last = run.iteration == tr["total_iter"]
-        if run.iteration % tr["log_interval"] == 0 or last:
+        last = run.iteration == tr.total_iter
+        if run.iteration % tr.log_interval == 0 or last:
             log_record(run, avg, metrics)
-        is_eval = run.iteration % tr["eval_interval"] == 0 or last
+        is_eval = run.iteration % tr.eval_interval == 0 or last
         if is_eval:
             last_eval = evaluate_and_save(run, work_dir, metrics)
         if last:
             run.stop_clock()  # latest.pth and the summary hold the same wall_seconds
-        if is_eval or run.iteration % tr["save_interval"] == 0 or stop:
+        if is_eval or run.iteration % tr.save_interval == 0 or stop:
             save(run, work_dir, "latest.pth")
         if stop:
             StopRequest.checkpoint_written = True
@@ -344,9 +344,9 @@ def train_steps(run: Run, work_dir: Path, stream, bar: tqdm, metrics: MetricsWri
 
 def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict:
     """The per-class table of the final network, and the run's summary."""
-    cfg = run.cfg
+    cfg = run.config
     miou, iou = last_eval if last_eval is not None else run_eval(run)
-    names = class_names(cfg)
+    names = class_names(run.cfg)
     log.info(
         "final evaluation of the %s:\n%s", run.strategy.evaluates.value, format_table(iou, names)
     )
@@ -359,8 +359,8 @@ def final_report(run: Run, last_eval: tuple[float, torch.Tensor] | None) -> dict
         },
         "iterations": run.iteration,
         "wall_seconds": run.wall_seconds(),
-        "dataset": cfg["Dataset"]["name"],
-        "num_labels": cfg["Dataset"]["num_labels"],
-        "seed": cfg["Seed"],
+        "dataset": cfg.dataset.name,
+        "num_labels": cfg.dataset.num_labels,
+        "seed": cfg.seed,
         "world_size": run.world,
     }

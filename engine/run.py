@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dataset.transforms import normalize
+from engine.config import Section, typed
 from engine.data import build_datasets, split_folder
 from network import build_model_from_config
 from utils.dist import is_dist
@@ -28,7 +29,10 @@ def iters_per_epoch(num_labeled: int, batch_size: int, world: int) -> int:
 
 @dataclass
 class Run:
-    """Everything one training run holds; saved (minus the loaders) in a checkpoint."""
+    """Everything one training run holds; saved (minus the loaders) in a checkpoint.
+
+    ``cfg``: the validated config dict (what the checkpoint and ``config.yaml`` hold);
+    ``config``: the same, typed (``run.config.loss.un_threshold``), which the engine reads."""
 
     cfg: dict
     strategy: Strategy
@@ -52,6 +56,10 @@ class Run:
     latest_iteration: int | None = None  # the iteration latest.pth holds (None: not written)
     started: float = field(default_factory=time.time)
     stopped: float | None = None  # when training ended (the clock of wall_seconds stops)
+    config: Section = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.config = typed(self.cfg)
 
     @property
     def epoch(self) -> int:
@@ -133,27 +141,24 @@ def amp_dtype_for(cfg: dict, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _wrap_student(student: nn.Module, cfg: dict, device: torch.device) -> nn.Module:
+def _wrap_student(student: nn.Module, training: Section, device: torch.device) -> nn.Module:
     """The module the step calls: both student forwards in one call, in DDP when distributed,
-    compiled when asked."""
-    forward: nn.Module = TwoBatchForward(student, cfg["Training"]["joint_forward"])
+    compiled when asked (the ``Training`` section says)."""
+    forward: nn.Module = TwoBatchForward(student, training.joint_forward)
     if is_dist():
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg["Training"]["compile"]:
+    if training.compile:
         forward = torch.compile(forward)
     return forward
 
 
-def make_optimizer(student: nn.Module, opt: dict) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum, weight decay): the fused kernel where torch has one for the
-    device (one pass over the parameters), else the multi-tensor one."""
+def make_optimizer(student: nn.Module, opt: Section) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum, weight decay) of the ``Optim`` section: the fused kernel where
+    torch has one for the device (one pass over the parameters), else the multi-tensor one."""
     kwargs = dict(
-        lr=opt["lr"],
-        momentum=opt["momentum"],
-        weight_decay=opt["weight_decay"],
-        nesterov=opt["nesterov"],
+        lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov
     )
     try:
         return torch.optim.SGD(student.parameters(), **kwargs, fused=True)
@@ -166,7 +171,8 @@ def build_run(
 ) -> Run:
     """Model, teacher, prototypes, optimiser; ``datasets`` default to the config's."""
     datasets = build_datasets(cfg) if datasets is None else datasets
-    data = cfg["Dataset"]
+    c = typed(cfg)
+    bs = c.dataset.batch_size
     if strategy.semi_supervised and datasets["unlabeled"] is None:
         raise UserError(
             f"split {split_folder(cfg)}: unlabeled_filename.txt is empty (every training image "
@@ -174,25 +180,24 @@ def build_run(
             "supervised.py, or choose a split with unlabeled images"
         )
     per_rank = -(-len(datasets["labeled"]) // world)
-    if per_rank < data["batch_size"]:
+    if per_rank < bs:
         raise UserError(
-            f"config key Dataset.batch_size: got {data['batch_size']}, expected <= {per_rank} "
+            f"config key Dataset.batch_size: got {bs}, expected <= {per_rank} "
             f"(labeled images per process with {world} processes)"
         )
-    torch.manual_seed(cfg["Seed"])  # identical initialisation on every process
+    torch.manual_seed(c.seed)  # identical initialisation on every process
     student = build_network(cfg).to(device)
-    if is_dist() and device.type == "cuda" and cfg["Network"]["sync_bn"]:
+    if is_dist() and device.type == "cuda" and c.network.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    channels_last = device.type == "cuda" and cfg["Training"]["channels_last"]
+    channels_last = device.type == "cuda" and c.training.channels_last
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher = make_teacher(student)
-    forward = _wrap_student(student, cfg, device)
-    optimizer = make_optimizer(student, cfg["Optim"])
+    forward = _wrap_student(student, c.training, device)
+    optimizer = make_optimizer(student, c.optim)
     amp_dtype = amp_dtype_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    net = cfg["Network"]
-    protos = Prototypes(net["num_class"], net["rep_dim"], cfg["Loss"]["alpha"], device)
+    protos = Prototypes(c.network.num_class, c.network.rep_dim, c.loss.alpha, device)
     return Run(
         cfg=cfg,
         strategy=strategy,
@@ -207,6 +212,6 @@ def build_run(
         scaler=scaler,
         amp_dtype=amp_dtype,
         datasets=datasets,
-        iters_per_epoch=iters_per_epoch(len(datasets["labeled"]), data["batch_size"], world),
+        iters_per_epoch=iters_per_epoch(len(datasets["labeled"]), bs, world),
         channels_last=channels_last,
     )

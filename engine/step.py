@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch_augment import strong_augment
+from engine.config import Section
 from engine.run import Run
 from utils.contrastive import prototype_contrastive_loss
 from utils.ema import ema_update
@@ -53,7 +53,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
     section, the strategy record, the prototypes, the networks and the tensors it reads.
     ``phase(name)`` is a context manager around each stage (the benchmark times them).
     """
-    loss_cfg = run.cfg["Loss"]
+    cfg = run.config
     img_l = run.model_input(batch_l["img"].to(run.device, non_blocking=True))
     y_l = batch_l["label"].to(run.device, non_blocking=True)
     unlabeled = None
@@ -66,7 +66,7 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
     if unlabeled is not None and unlabeled.agreement is not None:
         stats["agreement"] = unlabeled.agreement
     with phase("sup_loss"):
-        sup = supervised_loss(pred_l, y_l, loss_cfg)
+        sup = supervised_loss(pred_l, y_l, cfg.loss)
     stats["sup"] = sup.detach()
     if out_u is None:
         # The supervised baseline does not use the representation head; a zero term keeps it
@@ -74,15 +74,15 @@ def train_step(run: Run, batch_l: dict, batch_u: dict | None, phase=no_timer) ->
         total = sup + rep_l.float().sum() * 0
     else:
         with phase("unsup_loss"):
-            unsup = unsupervised_loss(out_u[0], unlabeled, loss_cfg)
+            unsup = unsupervised_loss(out_u[0], unlabeled, cfg.loss)
         contrast = contrastive_term(
-            out_l, y_l, out_u, unlabeled.maps, run.prototypes, run.strategy, loss_cfg, phase
+            out_l, y_l, out_u, unlabeled.maps, run.prototypes, run.strategy, cfg.loss, phase
         )
-        lam = contrastive_weight(run.strategy, run.cfg["Ramp_Scheduler"], run.epoch)
+        lam = contrastive_weight(run.strategy, cfg.ramp_scheduler, run.epoch)
         total = sup + unsup + lam * contrast
-        stats.update(diagnostics(unsup, contrast, lam, unlabeled, loss_cfg))
+        stats.update(diagnostics(unsup, contrast, lam, unlabeled, cfg.loss))
     stats["total"] = total.detach()
-    ema_alpha = run.cfg["EMA"]["alpha"]
+    ema_alpha = cfg.ema.alpha
     update(
         total, run.student, run.teacher, run.optimizer, run.scaler, run.iteration, ema_alpha, phase
     )
@@ -99,20 +99,20 @@ def pseudo_labeled_batch(run: Run, batch_u: dict, img_l: Tensor, phase=no_timer)
     around the teacher and the stages :func:`teacher_pseudo_labels` and
     :func:`augment_unlabeled`.
     """
-    loss_cfg = run.cfg["Loss"]
+    cfg = run.config
     with phase("teacher"), torch.no_grad():
         img_u01 = batch_u["img"].to(run.device, non_blocking=True).float().div_(255)
         with run.autocast():
-            if run.cfg["Training"]["teacher_on_labeled"]:
+            if cfg.training.teacher_on_labeled:
                 run.teacher(img_l)  # paper quirk: only moves the teacher's BN statistics
             logits_t, rep_t = run.teacher(run.model_input(img_u01))
         size = tuple(img_l.shape[-2:])
         pl = teacher_pseudo_labels(
-            logits_t, rep_t, run.strategy, run.prototypes, loss_cfg, run.epoch, size
+            logits_t, rep_t, run.strategy, run.prototypes, cfg.loss, run.epoch, size
         )
     with phase("augment"), torch.no_grad():
-        img_aug, maps = augment_unlabeled(img_u01, pl, run.cfg["Dataset"])
-    threshold = loss_cfg["un_threshold"] if pl.un_threshold is None else pl.un_threshold
+        img_aug, maps = augment_unlabeled(img_u01, pl, cfg.dataset)
+    threshold = cfg.loss.un_threshold if pl.un_threshold is None else pl.un_threshold
     return UnlabeledBatch(run.model_input(img_aug), maps, pl.agreement, threshold)
 
 
@@ -122,23 +122,20 @@ def teacher_pseudo_labels(
     rep_t: Tensor,
     strategy: Strategy,
     prototypes: Prototypes,
-    loss_cfg: Mapping[str, Any],
+    loss: Section,
     epoch: int,
     size: tuple[int, int],
 ) -> PseudoLabels:
-    """The strategy's pseudo-labels from the teacher's outputs, at ``size`` (the input's)."""
-    t = teacher_predictions(
-        logits_t, rep_t, prototypes.proto, loss_cfg["temp"], size, strategy.needs_rep
-    )
-    return strategy.pseudo_labels(t, epoch, loss_cfg)
+    """The strategy's pseudo-labels from the teacher's outputs, at ``size`` (the input's);
+    ``loss``: the ``Loss`` section."""
+    t = teacher_predictions(logits_t, rep_t, prototypes.proto, loss.temp, size, strategy.needs_rep)
+    return strategy.pseudo_labels(t, epoch, loss)
 
 
-def augment_unlabeled(
-    img_u01: Tensor, pl: PseudoLabels, data_cfg: Mapping[str, Any]
-) -> tuple[Tensor, dict]:
+def augment_unlabeled(img_u01: Tensor, pl: PseudoLabels, data: Section) -> tuple[Tensor, dict]:
     """Strong augmentation of the unlabeled batch and its per-pixel maps (each distinct map
     once: most strategies use the same tensors for both branches), as the ``Dataset`` section
-    ``data_cfg`` says (``crop_size``, ``scale_size``, ``mix_mode``)."""
+    ``data`` says (``crop_size``, ``scale_size``, ``mix_mode``)."""
     named = {"y_u": pl.y_u, "conf_u": pl.conf_u, "y_con": pl.y_con, "conf_con": pl.conf_con}
     unique: list[Tensor] = []
     for t in named.values():
@@ -153,9 +150,9 @@ def augment_unlabeled(
         img_u01,
         unique,
         fills,
-        crop_size=tuple(data_cfg["crop_size"]),
-        scale_size=tuple(data_cfg["scale_size"]),
-        mix_mode=data_cfg["mix_mode"],
+        crop_size=data.crop_size,
+        scale_size=data.scale_size,
+        mix_mode=data.mix_mode,
         class_map=class_map,
     )
     index = {id(t): k for k, t in enumerate(unique)}
@@ -165,17 +162,15 @@ def augment_unlabeled(
 # --------------------------------------------------------------------------- losses
 
 
-def supervised_loss(pred_l: Tensor, y_l: Tensor, loss_cfg: Mapping[str, Any]) -> Tensor:
+def supervised_loss(pred_l: Tensor, y_l: Tensor, loss: Section) -> Tensor:
     """CE (or OHEM) of the labeled logits, upsampled to the label size, against the labels."""
     pred = resize_bilinear(pred_l.float(), y_l.shape[-2:])
-    if loss_cfg["sup_loss"] == "ohem":
-        return ohem_ce(pred, y_l, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"] * len(y_l))
+    if loss.sup_loss == "ohem":
+        return ohem_ce(pred, y_l, loss.ohem_thresh, loss.ohem_min_kept * len(y_l))
     return sup_ce(pred, y_l)
 
 
-def unsupervised_loss(
-    pred_u: Tensor, unlabeled: UnlabeledBatch, loss_cfg: Mapping[str, Any]
-) -> Tensor:
+def unsupervised_loss(pred_u: Tensor, unlabeled: UnlabeledBatch, loss: Section) -> Tensor:
     """The confidence-weighted CE of the unlabeled logits, upsampled to the pseudo-labels'
     size, against them (each image weighted by its share of confident pixels)."""
     maps = unlabeled.maps
@@ -185,19 +180,17 @@ def unsupervised_loss(
         maps["y_u"],
         maps["conf_u"],
         unlabeled.un_threshold,
-        loss_cfg["weight_counts_ignored"],
+        loss.weight_counts_ignored,
     )
 
 
-def contrastive_weight(strategy: Strategy, ramp_cfg: Mapping[str, Any], epoch: int) -> float:
+def contrastive_weight(strategy: Strategy, ramp: Section, epoch: int) -> float:
     """lambda_t: 1 for strategies without the ramp, else the ramp-down of the
-    ``Ramp_Scheduler`` section ``ramp_cfg`` at ``epoch``."""
+    ``Ramp_Scheduler`` section ``ramp`` at ``epoch``."""
     if not strategy.ramps_contrast:
         return 1.0
-    r = ramp_cfg
-    return ramp_down(
-        epoch, r["begin_epoch"], r["max_epoch"], r["max_value"], r["min_value"], r["ramp_mult"]
-    )
+    r = ramp
+    return ramp_down(epoch, r.begin_epoch, r.max_epoch, r.max_value, r.min_value, r.ramp_mult)
 
 
 def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -229,7 +222,7 @@ def contrastive_term(
     maps: Mapping[str, Tensor],
     prototypes: Prototypes,
     strategy: Strategy,
-    loss_cfg: Mapping[str, Any],
+    loss: Section,
     phase=no_timer,
 ) -> Tensor:
     """Prototype update from this step's valid pixels (:func:`contrastive_pixels`), then the
@@ -244,10 +237,10 @@ def contrastive_term(
     size = tuple(rep.shape[-2:])
     with phase("proto_update"), torch.no_grad():
         y, valid = contrastive_pixels(
-            y_l, maps["y_con"], maps["conf_con"], size, loss_cfg["weak_threshold"]
+            y_l, maps["y_con"], maps["conf_con"], size, loss.weak_threshold
         )
         if strategy.use_rep_indicator:  # rep-space probabilities, prototypes before update
-            prob = prototypes.probs(rep.detach(), loss_cfg["temp"])
+            prob = prototypes.probs(rep.detach(), loss.temp)
         else:
             prob = torch.cat([pred_l, pred_u]).detach().float().softmax(1)
         prototypes.update(rep.detach(), y.clamp_min(0), valid)
@@ -262,10 +255,10 @@ def contrastive_term(
             valid,
             prob,
             proto,
-            loss_cfg["strong_threshold"],
-            loss_cfg["temp"],
-            loss_cfg["num_queries"],
-            loss_cfg["num_negatives"],
+            loss.strong_threshold,
+            loss.temp,
+            loss.num_queries,
+            loss.num_negatives,
         )
 
 
@@ -274,7 +267,7 @@ def diagnostics(
     contrast: Tensor,
     lam: float,
     unlabeled: UnlabeledBatch,
-    loss_cfg: Mapping[str, Any],
+    loss: Section,
 ) -> dict:
     """The logged values of the unlabeled branch (0-dim tensors). ``mask_ratio``: the fraction
     of pixels that are confident and not ignored; ``unsup_weight``: the mean per-image weight
@@ -283,9 +276,7 @@ def diagnostics(
     maps, threshold = unlabeled.maps, unlabeled.un_threshold
     with torch.no_grad():
         confident = (maps["conf_u"] >= threshold) & (maps["y_u"] >= 0)
-        weight = image_weights(
-            maps["y_u"], maps["conf_u"], threshold, loss_cfg["weight_counts_ignored"]
-        )
+        weight = image_weights(maps["y_u"], maps["conf_u"], threshold, loss.weight_counts_ignored)
         return {
             "unsup": unsup.detach(),
             "contrast": contrast.detach(),

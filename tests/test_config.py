@@ -4,12 +4,24 @@ import copy
 import re
 import subprocess
 import sys
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
 import yaml
 
-from engine.config import REQUIRED, SCHEMA, Key, all_keys, apply_overrides, load_config, validate
+from engine.config import (
+    REQUIRED,
+    SCHEMA,
+    Key,
+    all_keys,
+    apply_overrides,
+    attribute_of,
+    config_section,
+    load_config,
+    typed,
+    validate,
+)
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,3 +366,38 @@ def test_a_key_added_in_one_place_reaches_configs_resume_evaluate_and_help(monke
 
 def _unit_check(v: float) -> bool:
     return 0 <= v <= 1
+
+
+# --------------------------------------------------------------------------- typed access
+
+
+def test_typed_config_reads_every_key_of_the_dict_as_an_attribute():
+    cfg = load_config(ROOT / "configs" / "voc.yaml")
+    c = typed(cfg)
+    assert c.seed == cfg["Seed"]
+    for section, spec in SCHEMA.items():
+        if isinstance(spec, Key):
+            continue
+        node = getattr(c, attribute_of(section))
+        for key, value in cfg[section].items():
+            got = getattr(node, key)
+            assert got == (tuple(value) if isinstance(value, list) else value), f"{section}.{key}"
+    assert c.loss.un_threshold == cfg["Loss"]["un_threshold"] == 0.97
+    assert c.ramp_scheduler.max_epoch == cfg["Ramp_Scheduler"]["max_epoch"]
+    assert c.dataset.crop_size == (512, 512)
+    assert c.dataset.classes is None  # a folder key: voc does not read it
+    with pytest.raises(FrozenInstanceError):
+        c.loss.un_threshold = 0.5
+    with pytest.raises(AttributeError, match="no key 'un_treshold'; did you mean un_threshold"):
+        c.loss.un_treshold  # noqa: B018
+    assert load_config(ROOT / "configs" / "voc.yaml") == cfg  # the dict is left as it was
+
+
+def test_a_key_added_to_the_schema_is_an_attribute_of_its_section_with_its_default(monkeypatch):
+    monkeypatch.setitem(
+        SCHEMA["Loss"], "new_weight", Key("float", _unit_check, "in [0, 1]", "new", default=0.25)
+    )
+    assert typed(load_config(ROOT / "configs" / "demo.yaml")).loss.new_weight == 0.25
+    assert config_section("Loss").new_weight == 0.25
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["Loss.new_weight=1"])
+    assert typed(cfg).loss.new_weight == 1.0

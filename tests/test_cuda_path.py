@@ -41,6 +41,7 @@ Two checks, because no single one can run every stage on a CPU-only machine:
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -50,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from dataset import batch_augment, photometric
-from engine.config import DEFAULT_CONFIG, load_config
+from engine.config import DEFAULT_CONFIG, load_config, typed
 from engine.run import TwoBatchForward, build_run, make_optimizer
 from engine.step import (
     UnlabeledBatch,
@@ -152,8 +153,9 @@ def test_step_stages_run_on_fake_cuda(
 ) -> None:
     """The stages of engine/step.py on fake CUDA tensors, composed as ``train_step`` does."""
     cfg = fake_config()
-    loss_cfg = cfg["Loss"]
-    loss_cfg["sup_loss"] = "ohem"
+    cfg["Loss"]["sup_loss"] = "ohem"
+    c = typed(cfg)
+    loss_cfg = c.loss
     strat = STRATEGIES[strategy]
     with fake, torch.device(CUDA):  # the demo's network, narrower
         student = build_model("resnet18", C, 16, D, base_width=8, decoder_channels=16)
@@ -163,8 +165,8 @@ def test_step_stages_run_on_fake_cuda(
     # the colour jitter's ops run below; its order draw (randperm(4).tolist()) cannot
     monkeypatch.setattr(photometric, "color_jitter", lambda img, generator, p: img)
     with fake:
-        protos = Prototypes(C, D, loss_cfg["alpha"], CUDA)
-        optimizer = make_optimizer(student, cfg["Optim"])
+        protos = Prototypes(C, D, loss_cfg.alpha, CUDA)
+        optimizer = make_optimizer(student, c.optim)
         assert optimizer.defaults["fused"], "on CUDA the fused SGD is the one used"
         img_l = torch.rand(B, 3, H, W, device=CUDA)
         y_l = torch.randint(-1, C, (B, H, W), device=CUDA)
@@ -179,16 +181,16 @@ def test_step_stages_run_on_fake_cuda(
         with torch.no_grad(), cuda_autocast(monkeypatch):
             logits_t, rep_t = teacher(img_u)
         assert logits_t.dtype == torch.bfloat16
-        for epoch in (0, loss_cfg["warm_up"]):
+        for epoch in (0, loss_cfg.warm_up):
             pl = teacher_pseudo_labels(logits_t, rep_t, strat, protos, loss_cfg, epoch, (H, W))
             assert_on_cuda(pl.y_u, pl.conf_u, pl.y_con, pl.conf_con)
 
         # strong augmentation with every mix mode
         for mode in batch_augment.MIX_MODES:
-            data = {**cfg["Dataset"], "crop_size": [H, W], "mix_mode": mode}
+            data = replace(c.dataset, crop_size=(H, W), mix_mode=mode)
             img, maps = augment_unlabeled(img_u, pl, data)
             assert_on_cuda(img, *maps.values())
-        unlabeled = UnlabeledBatch(img, maps, pl.agreement, loss_cfg["un_threshold"])
+        unlabeled = UnlabeledBatch(img, maps, pl.agreement, loss_cfg.un_threshold)
 
         # student on both batches, losses
         with cuda_autocast(monkeypatch):
@@ -200,9 +202,9 @@ def test_step_stages_run_on_fake_cuda(
         rep = torch.cat([out_l[1], out_u[1]]).float()
         size = tuple(rep.shape[-2:])
         y, valid = contrastive_pixels(
-            y_l, maps["y_con"], maps["conf_con"], size, loss_cfg["weak_threshold"]
+            y_l, maps["y_con"], maps["conf_con"], size, loss_cfg.weak_threshold
         )
-        prob = protos.probs(rep.detach(), loss_cfg["temp"])
+        prob = protos.probs(rep.detach(), loss_cfg.temp)
         protos.update(rep.detach(), y.clamp_min(0), valid)
         assert_on_cuda(y, valid, prob, protos.proto)
 
@@ -211,13 +213,13 @@ def test_step_stages_run_on_fake_cuda(
         present = torch.arange(C, device=CUDA)
         counts = torch.full((C,), m // C, device=CUDA)
         offsets = torch.cumsum(counts, 0) - counts
-        neg_cls = sample_negative_classes(protos.proto, loss_cfg["temp"], q, n)
+        neg_cls = sample_negative_classes(protos.proto, loss_cfg.temp, q, n)
         neg_pos = sample_pixels(counts, offsets, neg_cls)
         anchor = rep.permute(0, 2, 3, 1).reshape(-1, D)[: C * q].view(C, q, D)
         pixels = F.normalize(rep.detach().permute(0, 2, 3, 1).reshape(-1, D)[:m], dim=-1)
         contrast = contrastive_ce(anchor, protos.proto[present], pixels, neg_pos, 0.5).mean()
 
-        lam = contrastive_weight(strat, cfg["Ramp_Scheduler"], 3)
+        lam = contrastive_weight(strat, c.ramp_scheduler, 3)
         total = sup + unsup + lam * contrast
         stats = diagnostics(unsup, contrast, lam, unlabeled, loss_cfg)
         assert_on_cuda(total, *stats.values())

@@ -178,16 +178,17 @@ def test_logged_unsup_weight_is_the_weight_the_loss_applies(count_ignored):
     weight the confident ignored pixels count in the second only."""
     from types import SimpleNamespace
 
+    from engine.config import config_section
     from engine.step import diagnostics
 
     # image 0: 4 pixels, 2 labeled (1 confident), 2 ignored (both confident)
     # image 1: 4 pixels, all labeled, 3 confident
     y = torch.tensor([[[0, 1, -1, -1]], [[2, 2, 2, 2]]])
     conf = torch.tensor([[[0.99, 0.5, 0.98, 0.99]], [[0.99, 0.99, 0.99, 0.1]]])
-    loss_cfg = {"un_threshold": 0.97, "weight_counts_ignored": count_ignored}
+    loss = config_section("Loss", weight_counts_ignored=count_ignored)
     zero = torch.zeros(())
     unlabeled = SimpleNamespace(maps={"y_u": y, "conf_u": conf}, un_threshold=0.97)
-    out = diagnostics(zero, zero, 1.0, unlabeled, loss_cfg)
+    out = diagnostics(zero, zero, 1.0, unlabeled, loss)
     assert out["mask_ratio"].item() == pytest.approx((1 + 3) / 8)
     w0 = (1 + 2) / 2 if count_ignored else 1 / 2
     assert out["unsup_weight"].item() == pytest.approx((w0 + 3 / 4) / 2)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import Tensor
 
 from dataset import photometric
+from engine.config import Section, config_section
 from engine.step import (
     UnlabeledBatch,
     augment_unlabeled,
@@ -23,19 +25,16 @@ from utils.prototypes import Prototypes
 from utils.strategies import STRATEGIES, PseudoLabels
 
 # The Loss section of the paper's config (few queries / negatives: the tests are small).
-LOSS = {
-    "un_threshold": 0.97,
-    "weak_threshold": 0.7,
-    "strong_threshold": 0.8,
-    "temp": 0.5,
-    "num_queries": 16,
-    "num_negatives": 8,
-    "weight_counts_ignored": True,
-}
+LOSS = config_section("Loss", num_queries=16, num_negatives=8)
 
 
-def data_cfg(mix_mode: str, size: int) -> dict:
-    return {"crop_size": [size, size], "scale_size": [1.0, 1.0], "mix_mode": mix_mode}
+def data_cfg(mix_mode: str, size: int) -> Section:
+    return dataset_section(crop_size=[size, size], scale_size=[1.0, 1.0], mix_mode=mix_mode)
+
+
+def dataset_section(**keys) -> Section:
+    """The Dataset keys the augmentation reads (the others, required ones too, do not matter)."""
+    return config_section("Dataset", name="voc", data_dir="-", txt_dir="-", num_labels=1, **keys)
 
 
 def test_classmix_chooses_classes_from_the_contrastive_pseudo_label_after_cross_label_warm_up():
@@ -159,10 +158,10 @@ def test_hard_anchors_are_valid_pixels_below_strong_threshold_of_the_strategys_i
         rep_u = _unit((0.8, 0.6), (1, 0), (0, 1), (1, 0))[None].requires_grad_()
         protos = Prototypes(2, 2, alpha=0.99)
         protos.proto.copy_(torch.eye(2))
-        loss_cfg = {**LOSS, "strong_threshold": 0.5, "num_queries": 64}
+        loss = replace(LOSS, strong_threshold=0.5, num_queries=64)
         strategy = STRATEGIES[name]
         loss = contrastive_term(
-            (pred_l, rep_l), torch.tensor([y_l]), (pred_u, rep_u), maps, protos, strategy, loss_cfg
+            (pred_l, rep_l), torch.tensor([y_l]), (pred_u, rep_u), maps, protos, strategy, loss
         )
         loss.backward()
         grads = torch.cat([rep_l.grad, rep_u.grad]).norm(dim=1)  # [2, 2, 2]
@@ -173,7 +172,7 @@ def test_hard_anchors_are_valid_pixels_below_strong_threshold_of_the_strategys_i
 # --------------------------------------------------------------------------- lambda_t
 
 
-RAMP = {"begin_epoch": 2, "max_epoch": 10, "max_value": 1.0, "min_value": 0.1, "ramp_mult": -5.0}
+RAMP = config_section("Ramp_Scheduler", begin_epoch=2, max_epoch=10, min_value=0.1)
 
 
 def test_contrastive_weight_ramps_down_per_epoch_for_the_rep_space_strategies():
@@ -185,7 +184,7 @@ def test_contrastive_weight_ramps_down_per_epoch_for_the_rep_space_strategies():
     for name in ("mix_label", "cross_label"):
         got = {e: contrastive_weight(STRATEGIES[name], RAMP, e) for e in expected}
         assert got == pytest.approx(expected, rel=1e-6), name
-        ramp0 = {**RAMP, "min_value": 0.0}
+        ramp0 = replace(RAMP, min_value=0.0)
         got = {e: contrastive_weight(STRATEGIES[name], ramp0, e) for e in unclamped}
         assert got == pytest.approx(unclamped, rel=1e-6, abs=0), name
 
@@ -213,12 +212,12 @@ def test_unsupervised_weight_is_the_share_of_confident_pixels(counts_ignored: bo
     conf = torch.tensor([[[0.99, 0.5, 0.98, 0.97]], [[0.99, 0.99, 0.96, 0.1]]])
     maps = {"y_u": y, "conf_u": conf, "y_con": y, "conf_con": conf}
     unlabeled = UnlabeledBatch(torch.zeros(2, 3, 1, 4), maps, None, 0.97)
-    loss_cfg = {**LOSS, "weight_counts_ignored": counts_ignored}
+    loss = replace(LOSS, weight_counts_ignored=counts_ignored)
     pred_u = torch.zeros(2, 3, 1, 2, requires_grad=True)  # upsampled to 1 x 4
-    unsup = unsupervised_loss(pred_u, unlabeled, loss_cfg)
+    unsup = unsupervised_loss(pred_u, unlabeled, loss)
     w0 = 3 / 2 if counts_ignored else 1 / 2
     assert unsup.item() == pytest.approx((2 * w0 + 4 * 0.5) / 6 * math.log(3), rel=1e-6)
-    logged = diagnostics(unsup, unsup, 1.0, unlabeled, loss_cfg)
+    logged = diagnostics(unsup, unsup, 1.0, unlabeled, loss)
     assert logged["unsup_weight"].item() == pytest.approx((w0 + 0.5) / 2)
     assert logged["mask_ratio"].item() == pytest.approx(3 / 8)  # confident and labeled
 
@@ -265,7 +264,7 @@ def test_augmentation_moves_the_image_and_every_map_together(
     moved = 0
     for seed in range(4):
         torch.manual_seed(seed)
-        out, maps = augment_unlabeled(img, pl, {**data_cfg(mix_mode, crop), "scale_size": [1, 1]})
+        out, maps = augment_unlabeled(img, pl, replace(data_cfg(mix_mode, crop), scale_size=(1, 1)))
         assert out.shape == (b, 3, crop, crop)
         came_from = ((out[:, 2] * b).floor().long() * h + (out[:, 0] * h).floor().long()) * w + (
             out[:, 1] * w

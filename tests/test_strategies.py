@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from engine.config import config_section
 from utils.strategies import (
     STRATEGIES,
     Evaluated,
@@ -93,7 +94,7 @@ def test_mix_label_ignores_exactly_disagreeing_pixels():
 
 def test_cross_label_switches_source_at_warm_up():
     t = hand_teacher()
-    loss = {"warm_up": 5, "rep_un_threshold": 0.6}
+    loss = config_section("Loss", warm_up=5, rep_un_threshold=0.6)
     before = cross_label(t, 4, loss)
     at = cross_label(t, 5, loss)
     after = cross_label(t, 9, loss)
@@ -104,7 +105,7 @@ def test_cross_label_switches_source_at_warm_up():
         assert torch.equal(pl.y_u, t.y_rep) and torch.equal(pl.conf_u, t.conf_rep)
     for pl in (before, at, after):
         assert torch.equal(pl.y_con, t.y_cls) and torch.equal(pl.conf_con, t.conf_cls)
-    no_warm = cross_label(t, 0, {"warm_up": 0, "rep_un_threshold": 0.97})
+    no_warm = cross_label(t, 0, config_section("Loss", warm_up=0))
     assert torch.equal(no_warm.y_u, t.y_rep)
 
 
@@ -138,7 +139,7 @@ def test_rep_strategies_require_rep_predictions():
     with pytest.raises(ValueError):
         mix_label(t, 0, NO_LOSS_KEYS)
     with pytest.raises(ValueError):
-        cross_label(t, 0, {"warm_up": 0, "rep_un_threshold": 0.97})
+        cross_label(t, 0, config_section("Loss", warm_up=0))
 
 
 def test_cross_label_rep_threshold_makes_the_rep_direction_live():
@@ -153,6 +154,6 @@ def test_cross_label_rep_threshold_makes_the_rep_direction_live():
     conf_rep = torch.full_like(t.conf_rep, bound * 0.999)
     t = TeacherPredictions(t.y_cls, t.conf_cls, t.y_rep, conf_rep)
     for threshold, live in ((0.97, False), (0.6, True)):
-        pl = cross_label(t, 3, {"warm_up": 1, "rep_un_threshold": threshold})
+        pl = cross_label(t, 3, config_section("Loss", warm_up=1, rep_un_threshold=threshold))
         w = image_weights(pl.y_u, pl.conf_u, pl.un_threshold)
         assert bool((w > 0).all()) == live

@@ -9,7 +9,7 @@ pseudo-labels. Adding a strategy = one pure function + one record in ``STRATEGIE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -89,14 +89,14 @@ def _require_rep(t: TeacherPredictions, name: str) -> tuple[torch.Tensor, torch.
     return t.y_rep, t.conf_rep
 
 
-def ori_pseudo(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
+def ori_pseudo(t: TeacherPredictions, epoch: int, loss: Any) -> PseudoLabels:
     """Baseline: the logit-space pseudo-label and confidence everywhere."""
     return PseudoLabels(
         y_u=t.y_cls, conf_u=t.conf_cls, y_con=t.y_cls, conf_con=t.conf_cls, agreement=agreement(t)
     )
 
 
-def mix_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
+def mix_label(t: TeacherPredictions, epoch: int, loss: Any) -> PseudoLabels:
     """Keep ``y_cls`` where the two spaces agree, ignore elsewhere; confidences from logits."""
     y_rep, _ = _require_rep(t, "mix_label")
     y_mix = torch.where(t.y_cls == y_rep, t.y_cls, torch.full_like(t.y_cls, IGNORE_INDEX))
@@ -105,28 +105,28 @@ def mix_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> Pse
     )
 
 
-def cross_label(t: TeacherPredictions, epoch: int, loss: Mapping[str, Any]) -> PseudoLabels:
+def cross_label(t: TeacherPredictions, epoch: int, loss: Any) -> PseudoLabels:
     """Each space supervises the other.
 
     Contrastive branch: ``y_cls`` / ``conf_cls``. Unsupervised CE: ``y_rep`` / ``conf_rep``
-    from epoch ``loss["warm_up"]`` on, ``y_cls`` / ``conf_cls`` before. After warm-up the
-    unsupervised weight counts rep-space confidences >= ``loss["rep_un_threshold"]``: with the
+    from epoch ``loss.warm_up`` on, ``y_cls`` / ``conf_cls`` before. After warm-up the
+    unsupervised weight counts rep-space confidences >= ``loss.rep_un_threshold``: with the
     paper's 0.97 (= un_threshold) that direction is dead, since max softmax(cos / tau) is at
     most 1 / (1 + (C - 1) e^(-2 / tau)) < 0.97; a lower value makes it live.
     """
     y_rep, conf_rep = _require_rep(t, "cross_label")
-    warm = epoch < loss["warm_up"]
+    warm = epoch < loss.warm_up
     return PseudoLabels(
         y_u=t.y_cls if warm else y_rep,
         conf_u=t.conf_cls if warm else conf_rep,
         y_con=t.y_cls,
         conf_con=t.conf_cls,
-        un_threshold=None if warm else loss["rep_un_threshold"],
+        un_threshold=None if warm else loss.rep_un_threshold,
         agreement=agreement(t),
     )
 
 
-PseudoLabelFn = Callable[[TeacherPredictions, int, Mapping[str, Any]], PseudoLabels]
+PseudoLabelFn = Callable[[TeacherPredictions, int, Any], PseudoLabels]
 
 
 class Evaluated(Enum):
@@ -142,9 +142,10 @@ class Strategy:
     """What the training step needs to know about a strategy, beyond its name.
 
     ``pseudo_labels(t, epoch, loss)``: the pure pseudo-label function (``loss`` is the
-    config's ``Loss`` section); ``None`` for the supervised baseline, which uses no unlabeled
-    data. The other fields hold what differs between the records (each differs between at
-    least two of them); the defaults are the baselines' values:
+    config's typed ``Loss`` section, ``engine.config.typed(cfg).loss``: keys as attributes);
+    ``None`` for the supervised baseline, which uses no unlabeled data. The other fields hold
+    what differs between the records (each differs between at least two of them); the
+    defaults are the baselines' values:
 
     - ``needs_rep``: the teacher's rep-space predictions are computed;
     - ``use_rep_indicator``: hard anchors are chosen with the student's rep-space
