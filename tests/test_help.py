@@ -23,6 +23,8 @@ PARSERS = {
     "tools.build_demo_assets": (),
     "tools.demo_contact_sheet": (),
     "tools.show_pseudo_labels": (),
+    "tools.paired_gains": (),
+    "tools.pretrain_backbone": (),
     "demo.fashion_scenes": (),
 }
 
