@@ -24,6 +24,7 @@ PARSERS = {
     "tools.demo_contact_sheet": (),
     "tools.show_pseudo_labels": (),
     "tools.paired_gains": (),
+    "tools.pseudo_label_accuracy": (),
     "tools.pretrain_backbone": (),
     "demo.fashion_scenes": (),
 }
