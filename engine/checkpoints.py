@@ -10,7 +10,7 @@ import torch
 
 from engine.config import apply_overrides, load_config, validate, with_defaults
 from engine.resume import MODEL_KEYS, check_resume_compatible
-from engine.run import Run
+from engine.run import Run, build_network_for_eval
 from network import from_paper_layout
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.dist import is_main_process
@@ -123,3 +123,21 @@ def save(run: Run, work_dir: Path, name: str) -> None:
         save_checkpoint(make_checkpoint(run), work_dir / name)
     if name == "latest.pth":
         run.latest_iteration = run.iteration
+
+
+def load_teacher(
+    path: Path, config: str | None = None, overrides: list[str] = ()
+) -> tuple[dict, dict, torch.nn.Module, torch.Tensor]:
+    """``(state, cfg, teacher, proto)`` of a trained checkpoint, for the tools that look at
+    pseudo-labels: the teacher's weights in a network of the (checkpoint's) config and its
+    prototypes, which must be ``(num_class, rep_dim)`` (a one-line ``UserError`` otherwise)."""
+    state = load_trained_checkpoint(path)
+    cfg = inference_config(state, path, config, overrides)
+    teacher = build_network_for_eval(cfg)
+    load_weights(teacher, state["teacher"], f"{path} (teacher)")
+    protos = state.get("prototypes") or {}
+    proto = protos.get("proto") if isinstance(protos, dict) else None
+    shape = (cfg["Network"]["num_class"], cfg["Network"]["rep_dim"])
+    if not isinstance(proto, torch.Tensor) or tuple(proto.shape) != shape:
+        raise UserError(f"{path}: no prototypes of shape ({shape[0]}, {shape[1]}) inside")
+    return state, cfg, teacher, proto

@@ -33,10 +33,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from dataset.registry import DATASETS  # noqa: E402
 from dataset.splits import read_split  # noqa: E402
 from dataset.transforms import normalize  # noqa: E402
-from engine.checkpoints import inference_config, load_trained_checkpoint  # noqa: E402
+from engine.checkpoints import load_teacher  # noqa: E402
 from engine.data import class_names, split_name  # noqa: E402
-from engine.run import build_network_for_eval  # noqa: E402
-from utils.checkpoint import load_weights  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.labels import IGNORE_INDEX  # noqa: E402
@@ -123,15 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ckpt = Path(args.checkpoint)
-        state = load_trained_checkpoint(ckpt)
-        cfg = inference_config(state, ckpt, args.config, args.overrides)
-        teacher = build_network_for_eval(cfg)
-        load_weights(teacher, state["teacher"], f"{ckpt} (teacher)")
+        state, cfg, teacher, proto = load_teacher(ckpt, args.config, args.overrides)
         teacher.eval()
-        protos = state.get("prototypes") or {}
-        proto = protos.get("proto") if isinstance(protos, dict) else None
-        if not isinstance(proto, torch.Tensor) or not bool(proto.abs().sum() > 0):
-            raise UserError(f"{ckpt}: no trained prototypes inside (a supervised run has none)")
+        if not bool(proto.abs().sum() > 0):
+            raise UserError(f"{ckpt}: its prototypes are all zero (a supervised run has none)")
         data = cfg["Dataset"]
         ids = read_split(data["txt_dir"], data["num_labels"], split_name(cfg))["unlabeled"]
         if not ids:

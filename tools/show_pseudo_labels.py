@@ -34,6 +34,7 @@ from dataset.base import read_image, read_label_array  # noqa: E402
 from dataset.transforms import normalize  # noqa: E402
 from engine.checkpoints import (  # noqa: E402
     inference_config,
+    load_teacher,
     load_trained_checkpoint,
     result_model_key,
 )
@@ -256,21 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ckpt = Path(args.checkpoint)
-        state = load_trained_checkpoint(ckpt)
-        cfg = inference_config(state, ckpt, args.config, args.overrides)
-        teacher = build_network_for_eval(cfg)
-        load_weights(teacher, state["teacher"], f"{ckpt} (teacher)")
+        _, cfg, teacher, proto = load_teacher(ckpt, args.config, args.overrides)
         teacher.train(args.train_bn)
-        protos = state.get("prototypes") or {}
-        proto = protos.get("proto") if isinstance(protos, dict) else None
-        net = cfg["Network"]
-        if not isinstance(proto, torch.Tensor) or tuple(proto.shape) != (
-            net["num_class"],
-            net["rep_dim"],
-        ):
-            raise UserError(
-                f"{ckpt}: no prototypes of shape ({net['num_class']}, {net['rep_dim']}) inside"
-            )
         img = read_image(Path(args.input))  # a bad file is a UserError naming it
         loss = cfg["Loss"]
         maps = pseudo_label_maps(teacher, proto, img, loss["temp"])
