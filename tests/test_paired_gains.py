@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tools.paired_gains import collect, main, table
 
 
@@ -49,3 +51,17 @@ def test_gains_are_paired_by_seed_at_the_asked_iteration(tmp_path: Path, capsys)
 def test_a_missing_folder_is_one_line(tmp_path: Path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: runs folder not found")
+
+
+def test_curves_gather_every_seed_at_every_evaluation(tmp_path: Path):
+    from tools.paired_gains import curves, plot_curves
+
+    write_run(tmp_path, "supervised_46_1", {500: 30.0, 1000: 34.0})
+    write_run(tmp_path, "supervised_46_2", {500: 31.0})
+    write_run(tmp_path, "mix_label_46_1", {500: 33.0})
+    assert curves(tmp_path) == {
+        ("supervised", 46): {500: [30.0, 31.0], 1000: [34.0]},
+        ("mix_label", 46): {500: [33.0]},
+    }
+    pytest.importorskip("matplotlib")
+    assert plot_curves(tmp_path, tmp_path / "c.png") and (tmp_path / "c.png").stat().st_size > 0

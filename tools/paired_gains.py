@@ -97,8 +97,49 @@ def table(values: dict, baseline: str) -> str:
 
 EXAMPLES = """examples:
   python tools/paired_gains.py runs/camvid_benchmark                  # at each run's last evaluation
-  python tools/paired_gains.py docs/camvid_h200_interrupted --iteration 1500
+  python tools/paired_gains.py docs/camvid_h200_interrupted --iteration 1500 \\
+      --out docs/camvid_h200_table.md --plot docs/camvid_h200_curves.png
 """
+
+
+def curves(runs_dir: Path) -> dict[tuple[str, int], dict[int, list[float]]]:
+    """``{(method, labels): {iteration: [miou of each seed evaluated there]}}``."""
+    out: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        match = RUN_NAME.match(folder.name)
+        if match is None or not (folder / "metrics.jsonl").is_file():
+            continue
+        per_iter = out.setdefault((match["method"], int(match["labels"])), {})
+        for it, miou in evaluations(folder / "metrics.jsonl").items():
+            per_iter.setdefault(it, []).append(miou)
+    return out
+
+
+def plot_curves(runs_dir: Path, path: Path) -> bool:
+    """Mean mIoU over seeds against iteration, one line per method and label count (needs
+    matplotlib, an optional tool-only dependency: False without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method, labels), per_iter in sorted(curves(runs_dir).items(), key=lambda kv: kv[0][1]):
+        its = sorted(per_iter)
+        means = [statistics.fmean(per_iter[i]) for i in its]
+        seeds = max(len(v) for v in per_iter.values())
+        ax.plot(its, means, marker="o", label=f"{method}, {labels} labeled (n={seeds})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mIoU (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def build_parser() -> ArgumentParser:
@@ -107,6 +148,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--iteration", type=int, default=None, help="compare at this evaluation")
     p.add_argument("--baseline", default="supervised", help="the method gains are measured against")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    p.add_argument("--plot", type=Path, default=None, help="draw the mean curves into this PNG")
     return p
 
 
@@ -127,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    if args.plot is not None:
+        drawn = plot_curves(args.runs_dir, args.plot)
+        print(f"wrote {args.plot}" if drawn else "no plot: matplotlib is not installed")
     return 0
 
 
