@@ -47,7 +47,7 @@ from test_engine import (
 
 from engine import cli, loop
 from engine.checkpoints import make_checkpoint
-from engine.config import DEFAULT_CONFIG, load_config
+from engine.config import DEFAULT_CONFIG, load_config, typed
 from engine.loop import StopRequest, schedule_lines
 from engine.run import iters_per_epoch
 from utils.errors import UserError
@@ -760,7 +760,12 @@ def fake_run(strategy: str, world: int, *extra: str) -> SimpleNamespace:
     ipe = iters_per_epoch(16, cfg["Dataset"]["batch_size"], world)
     datasets = {"labeled": [0] * 16}
     return SimpleNamespace(
-        cfg=cfg, strategy=STRATEGIES[strategy], world=world, iters_per_epoch=ipe, datasets=datasets
+        cfg=cfg,
+        config=typed(cfg),
+        strategy=STRATEGIES[strategy],
+        world=world,
+        iters_per_epoch=ipe,
+        datasets=datasets,
     )
 
 
