@@ -16,9 +16,7 @@ evaluation.
 
 from __future__ import annotations
 
-import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
+from tools.ssl_benchmark import read_metrics, stat  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -33,13 +32,9 @@ RUN_NAME = re.compile(r"^(?P<method>[a-z_]+)_(?P<labels>\d+)_(?P<seed>\d+)$")
 
 
 def evaluations(path: Path) -> dict[int, float]:
-    """``{iteration: miou}`` of a metrics.jsonl's evaluation records."""
-    out = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if "miou" in record:
-            out[int(record["iter"])] = float(record["miou"])
-    return out
+    """``{iteration: miou}`` of a metrics.jsonl's evaluation records (the benchmark's reader:
+    a resumed run's repeated iteration counts once, its last record)."""
+    return {int(r["iter"]): float(r["miou"]) for r in read_metrics(path)[1]}
 
 
 def collect(runs_dir: Path, iteration: int | None) -> tuple[dict, list[str]]:
@@ -65,7 +60,8 @@ def collect(runs_dir: Path, iteration: int | None) -> tuple[dict, list[str]]:
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    summary = stat(xs)
+    return summary.mean, summary.std
 
 
 def table(values: dict, baseline: str) -> str:
@@ -128,7 +124,7 @@ def plot_curves(runs_dir: Path, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (method, labels), per_iter in sorted(curves(runs_dir).items(), key=lambda kv: kv[0][1]):
         its = sorted(per_iter)
-        means = [statistics.fmean(per_iter[i]) for i in its]
+        means = [stat(per_iter[i]).mean for i in its]
         seeds = max(len(v) for v in per_iter.values())
         ax.plot(its, means, marker="o", label=f"{method}, {labels} labeled (n={seeds})")
     ax.set_xlabel("iteration")

@@ -39,6 +39,7 @@ from engine.checkpoints import (  # noqa: E402
     result_model_key,
 )
 from engine.data import class_names, palette  # noqa: E402
+from engine.evaluation import predict_whole  # noqa: E402
 from engine.run import build_network_for_eval  # noqa: E402
 from utils.checkpoint import load_weights  # noqa: E402
 from utils.command_line import ArgumentParser  # noqa: E402
@@ -127,10 +128,9 @@ def colour(label: np.ndarray, palette: list[int]) -> np.ndarray:
 
 @torch.no_grad()
 def prediction(net: torch.nn.Module, img: torch.Tensor) -> np.ndarray:
-    """The argmax of ``net`` (eval mode) for one ``uint8 [3,H,W]`` image, at its size."""
-    logits, _ = net(normalize(img[None]))
-    size = tuple(img.shape[-2:])
-    return teacher_predictions(logits, None, None, 1.0, size, need_rep=False).y_cls[0].numpy()
+    """The argmax of ``net`` (eval mode) for one ``uint8 [3,H,W]`` image, at its size: the
+    whole-image prediction that evaluate.py and predict.py score."""
+    return predict_whole(net, normalize(img[None])).argmax(1)[0].numpy()
 
 
 def ramp(conf: np.ndarray) -> np.ndarray:
