@@ -44,7 +44,7 @@ def per_class(key: sb.RunKey, miou: float) -> dict:
 def make_run(runs_dir: Path, key: sb.RunKey, miou: float) -> Path:
     """A run folder as the engine leaves it, with a checkpoint that must not be copied."""
     d = runs_dir / key.name
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     summary = {
         "strategy": key.method,
         "miou": miou,
@@ -408,3 +408,36 @@ def test_the_committed_demo_report_is_reproduced_from_its_csv(tmp_path, monkeypa
     for name in names:
         assert (out / name).read_bytes() == (REPO / "docs" / name).read_bytes(), name
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
+def test_parallel_runs_write_their_console_to_their_folder_and_report_what_is_left(
+    tmp_path, monkeypatch, capsys
+):
+    runs, copies = tmp_path / "runs", tmp_path / "out" / "x_runs"
+    keys = [sb.RunKey("supervised", 46, s) for s in (1, 2, 3)]
+
+    class Done:
+        returncode = 0
+
+    def fake_run(cmd, cwd, env, stdout, stderr):  # a run prints, writes its folder, exits 0
+        assert stderr is sb.subprocess.STDOUT
+        stdout.write(f"progress of {cmd[-1]}\n")
+        seed = int(cmd[-1].split("=")[1])
+        make_run(runs, sb.RunKey("supervised", 46, seed), 50.0)
+        return Done()
+
+    monkeypatch.setattr(sb.subprocess, "run", fake_run)
+    (runs / keys[0].name).mkdir(parents=True)
+    (runs / keys[0].name / "console.txt").write_text("an earlier, interrupted try\n")
+    assert sb.run_all(keys, runs, Path("c.yaml"), jobs=2, copies=copies) == []
+    assert (runs / keys[0].name / "console.txt").read_text() == (
+        "an earlier, interrupted try\nprogress of Seed=1\n"  # appended, not overwritten
+    )
+    assert (runs / keys[2].name / "console.txt").read_text() == "progress of Seed=3\n"
+    out = capsys.readouterr().out
+    assert "progress of" not in out
+    done = [line for line in out.splitlines() if line.startswith("done")]
+    assert len(done) == 3
+    assert sum("2 left" in line for line in done) == 1
+    assert sum("1 left" in line for line in done) == 1
+    assert sum("left" in line for line in done) == 2  # the last says nothing is left

@@ -15,7 +15,9 @@ Each run is a subprocess of its entry script (``python mix_label.py --config CON
 --work-dir runs/NAME_benchmark/mix_label_125_3407 Dataset.num_labels=125 Seed=3407``), one
 after the other, or ``--jobs`` at a time, each with ``OMP_NUM_THREADS`` = cores / jobs (on a
 shared 2-core machine two one-thread runs are less hurt by other load than one two-thread
-run). ``--ceiling N`` adds one ``supervised`` run with N labels per seed of
+run; each run's console output then goes to ``<run>/console.txt`` and this console gets a
+line per run started and finished, with the runs left and an estimate of the time to the
+end). ``--ceiling N`` adds one ``supervised`` run with N labels per seed of
 ``--ceiling-seeds`` (default: ``--seeds``), the label ceiling; put N's split where the
 runs read theirs (``--set Dataset.txt_dir=...`` applies to every run).
 
@@ -55,6 +57,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -241,19 +244,41 @@ def run_all(
     copies: Path | None = None,
 ) -> list[RunKey]:
     """Run the runs not finished (in ``runs_dir`` or ``copies``), ``jobs`` at a time (1: one
-    after the other), copy each finished one into ``copies``; return the failed."""
+    after the other), copy each finished one into ``copies``; return the failed.
+
+    With one job a run prints to this console; with several, each run's console output
+    (progress bar included) goes to ``<run>/console.txt`` (appended: a resumed run adds to it)
+    and this console gets one line per run started and finished, with how many are left and
+    an estimate of the time to the end (mean time of the runs finished so far)."""
     pending = [k for k in keys if not is_done(runs_dir, k, copies)]
     print(f"{len(keys) - len(pending)} of {len(keys)} runs done, {len(pending)} to run")
     env = run_env(jobs)
+    lock = threading.Lock()
+    walls: list[float] = []
 
     def one(key: RunKey) -> int:
         t0 = time.time()
-        print(f"start {key.name}", flush=True)
         cmd = run_command(key, runs_dir, config, overrides)
-        rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+        if jobs == 1:
+            print(f"start {key.name}", flush=True)
+            rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+        else:
+            console = runs_dir / key.name / "console.txt"
+            console.parent.mkdir(parents=True, exist_ok=True)
+            print(f"start {key.name} (output: {console})", flush=True)
+            with console.open("a") as out:
+                rc = subprocess.run(
+                    cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+                ).returncode
         if rc == 0 and copies is not None:
             persist(runs_dir, key, copies)
-        print(f"done  {key.name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+        wall = time.time() - t0
+        with lock:
+            walls.append(wall)
+            left = len(pending) - len(walls)
+            eta = math.ceil(left / jobs) * sum(walls) / len(walls)
+            tail = f"; {left} left, about {eta / 60:.0f} min more" if left else ""
+            print(f"done  {key.name}: exit {rc} after {wall:.0f} s{tail}", flush=True)
         return rc
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
